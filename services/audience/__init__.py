@@ -1,0 +1,1 @@
+"""The audience service: subscriptions and memberships, and the lookups built on them."""

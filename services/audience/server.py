@@ -1,0 +1,50 @@
+import asyncio
+import logging
+from functools import partial
+
+from protos.audience.v1 import audience_pb2, audience_pb2_grpc
+from services.audience.servicer import AudienceServicer
+from services.audience.settings import AudienceSettings
+from services.audience.store import AudienceStore
+from services.common import redis as redis_helpers
+from services.common.grpc_server import GrpcServer, ServiceBinding
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVICE_NAME = audience_pb2.DESCRIPTOR.services_by_name["AudienceService"].full_name
+
+
+async def create_server(settings: AudienceSettings) -> GrpcServer:
+    """Build the audience server on settings.host:settings.port (0 picks a free port)."""
+    client = redis_helpers.connect(settings.redis_url)
+    store = AudienceStore(client)
+    servicer = AudienceServicer(store)
+
+    return GrpcServer(
+        "audience",
+        f"{settings.host}:{settings.port}",
+        [
+            ServiceBinding(
+                SERVICE_NAME,
+                partial(audience_pb2_grpc.add_AudienceServiceServicer_to_server, servicer),
+            )
+        ],
+        readiness=partial(redis_helpers.is_ready, client),
+        readiness_interval_seconds=settings.readiness_interval_seconds,
+        background=[partial(clean_up_removed_audiences, store, settings.cleanup_idle_seconds)],
+        on_stop=[client.aclose],
+    )
+
+
+async def clean_up_removed_audiences(store: AudienceStore, idle_seconds: float) -> None:
+    """Free the memberships of removed audiences, one bounded step at a time, for ever."""
+    while True:
+        try:
+            pending = await store.cleanup()
+        except redis_helpers.TRANSIENT_ERRORS:
+            pending = 0
+        except Exception:
+            _LOGGER.exception("cleanup step failed")
+            pending = 0
+
+        await asyncio.sleep(0 if pending else idle_seconds)

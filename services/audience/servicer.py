@@ -1,0 +1,168 @@
+import grpc
+
+from protos.audience.v1 import audience_pb2, audience_pb2_grpc
+from services.audience.store import AudienceRecord, AudienceStore, BadPageToken
+from services.common.validation import require_audience_id, require_id
+
+MAX_NAME_LENGTH = 1024
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
+
+_Action = audience_pb2.SubscriptionAction
+
+
+class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
+    def __init__(self, store: AudienceStore) -> None:
+        self._store = store
+
+    async def ApplySubscription(
+        self, request: audience_pb2.ApplySubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> audience_pb2.ApplySubscriptionResponse:
+        await require_id(context, "account_id", request.account_id)
+        await require_id(context, "connector_id", request.connector_id)
+        await require_audience_id(context, request.audience_id)
+
+        if request.action == _Action.SUBSCRIPTION_ACTION_REMOVE:
+            await self._store.unsubscribe(request.account_id, request.audience_id)
+            return audience_pb2.ApplySubscriptionResponse()
+
+        if request.action not in (
+            _Action.SUBSCRIPTION_ACTION_ADD,
+            _Action.SUBSCRIPTION_ACTION_UPDATE,
+        ):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "action must be set")
+        if not 0 < len(request.audience_name) <= MAX_NAME_LENGTH:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"audience_name must be 1 to {MAX_NAME_LENGTH} characters",
+            )
+
+        record = await self._store.subscribe(
+            request.account_id,
+            request.connector_id,
+            request.audience_id,
+            request.audience_name,
+            request.audience_description,
+            dict(request.settings),
+        )
+        return audience_pb2.ApplySubscriptionResponse(audience=_to_proto(record))
+
+    async def ApplyMembershipChanges(
+        self,
+        request: audience_pb2.ApplyMembershipChangesRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> audience_pb2.ApplyMembershipChangesResponse:
+        await require_id(context, "account_id", request.account_id)
+        await require_id(context, "connector_id", request.connector_id)
+
+        changes = []
+        seen_audiences = set()
+        for entry in request.audiences:
+            await require_audience_id(context, entry.audience_id)
+            problem = _entry_problem(entry, seen_audiences)
+            if problem:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            seen_audiences.add(entry.audience_id)
+            changes.append(
+                (entry.audience_id, entry.audience_name, entry.add_mpids, entry.delete_mpids)
+            )
+
+        total = sum(len(e.add_mpids) + len(e.delete_mpids) for e in request.audiences)
+        if not total:
+            return audience_pb2.ApplyMembershipChangesResponse()
+
+        result = await self._store.apply_changes(request.account_id, request.connector_id, changes)
+        return audience_pb2.ApplyMembershipChangesResponse(
+            added=result.added,
+            removed=result.removed,
+            unchanged=total - result.added - result.removed,
+        )
+
+    async def GetUserAudiences(
+        self, request: audience_pb2.GetUserAudiencesRequest, context: grpc.aio.ServicerContext
+    ) -> audience_pb2.GetUserAudiencesResponse:
+        await require_id(context, "account_id", request.account_id)
+
+        audience_ids = await self._store.user_audiences(request.account_id, request.mpid)
+        return audience_pb2.GetUserAudiencesResponse(audience_ids=audience_ids)
+
+    async def CheckMembership(
+        self, request: audience_pb2.CheckMembershipRequest, context: grpc.aio.ServicerContext
+    ) -> audience_pb2.CheckMembershipResponse:
+        await require_id(context, "account_id", request.account_id)
+        await require_audience_id(context, request.audience_id)
+
+        member = await self._store.is_member(request.account_id, request.audience_id, request.mpid)
+        return audience_pb2.CheckMembershipResponse(member=member)
+
+    async def CountMembers(
+        self, request: audience_pb2.CountMembersRequest, context: grpc.aio.ServicerContext
+    ) -> audience_pb2.CountMembersResponse:
+        await require_id(context, "account_id", request.account_id)
+        await require_audience_id(context, request.audience_id)
+
+        record = await self._store.get(request.account_id, request.audience_id)
+        if record is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such audience")
+        return audience_pb2.CountMembersResponse(member_count=record.member_count)
+
+    async def ListMembers(
+        self, request: audience_pb2.ListMembersRequest, context: grpc.aio.ServicerContext
+    ) -> audience_pb2.ListMembersResponse:
+        await require_id(context, "account_id", request.account_id)
+        await require_audience_id(context, request.audience_id)
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 0 to {MAX_PAGE_SIZE}"
+            )
+
+        try:
+            page = await self._store.members_page(
+                request.account_id,
+                request.audience_id,
+                request.page_size or DEFAULT_PAGE_SIZE,
+                request.page_token,
+            )
+        except BadPageToken as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if page is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such audience")
+
+        return audience_pb2.ListMembersResponse(
+            mpids=page.mpids, next_page_token=page.next_page_token
+        )
+
+    async def ListAudiences(
+        self, request: audience_pb2.ListAudiencesRequest, context: grpc.aio.ServicerContext
+    ) -> audience_pb2.ListAudiencesResponse:
+        await require_id(context, "account_id", request.account_id)
+
+        records = await self._store.list(request.account_id)
+        return audience_pb2.ListAudiencesResponse(audiences=[_to_proto(r) for r in records])
+
+
+def _entry_problem(entry: audience_pb2.AudienceChanges, seen_audiences: set[int]) -> str:
+    """Why an AudienceChanges entry breaks the request's contract, or ''."""
+    if entry.audience_id in seen_audiences:
+        return f"audience {entry.audience_id} appears twice"
+    if len(entry.audience_name) > MAX_NAME_LENGTH:
+        return f"audience_name must be at most {MAX_NAME_LENGTH} characters"
+
+    mentioned = len(entry.add_mpids) + len(entry.delete_mpids)
+    if len(set(entry.add_mpids).union(entry.delete_mpids)) != mentioned:
+        return f"an MPID appears twice for audience {entry.audience_id}"
+    return ""
+
+
+def _to_proto(record: AudienceRecord) -> audience_pb2.Audience:
+    return audience_pb2.Audience(
+        audience_id=record.audience_id,
+        name=record.name,
+        description=record.description,
+        connector_id=record.connector_id,
+        subscribed=record.subscribed,
+        member_count=record.member_count,
+        created_at_ms=record.created_at_ms,
+        updated_at_ms=record.updated_at_ms,
+        settings=record.settings,
+    )

@@ -1,0 +1,10 @@
+from pydantic import Field
+
+from services.common.settings import GrpcServiceSettings
+
+
+class AudienceSettings(GrpcServiceSettings):
+    host: str = Field("127.0.0.1", validation_alias="AUDIENCE_HOST")
+    port: int = Field(50052, validation_alias="AUDIENCE_PORT", ge=0, le=65535)
+    # Seconds the cleanup of removed audiences sleeps when it finds nothing to do.
+    cleanup_idle_seconds: float = Field(1.0, validation_alias="AUDIENCE_CLEANUP_IDLE_SECONDS", gt=0)

@@ -1,0 +1,257 @@
+"""Audiences and memberships in Redis.
+
+Every key of an account carries the hash tag ``{<account>}``, so each script and pipeline
+stays within one Redis Cluster hash slot; accounts spread across a cluster's shards.
+
+  au:idx:{A}               hash   audience id -> incarnation id (live audiences only)
+  au:live:{A}              hash   incarnation id -> audience id
+  au:seq:{A}               string last incarnation id issued
+  au:meta:{A}:<aid>        hash   iid, name, description, connector, subscribed, members,
+                                  created, updated (ms), settings (JSON)
+  au:mem:{A}:<iid>:<b>     set    MPIDs of one bucket (0-4095) of an audience's members
+  au:usr:{A}:<mpid>        set    incarnation ids of the audiences an MPID is in
+  au:gc:{A}                list   incarnations of removed audiences waiting for cleanup
+  au:gcpos:{A}             hash   incarnation id -> next bucket to clean
+  au:gc-accounts           set    accounts whose au:gc list is not empty (single-key use)
+
+An incarnation id is issued each time an audience id (re)appears. Removing an audience
+drops its incarnation from ``au:live`` at once, so lookups stop returning it, while its
+member sets are freed in bounded steps; an audience re-added meanwhile gets a new
+incarnation and cannot be touched by that cleanup.
+
+Member sets are split in 4096 buckets so that each stays small enough for Redis's intset
+encoding (8 bytes an MPID) up to a few million members.
+"""
+
+import base64
+import binascii
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+
+import orjson
+import redis.asyncio
+
+BUCKETS = 4096
+CLEANUP_ACCOUNTS = "au:gc-accounts"
+
+
+@dataclass(frozen=True)
+class AudienceRecord:
+    audience_id: int
+    name: str
+    description: str
+    connector_id: str
+    subscribed: bool
+    member_count: int
+    created_at_ms: int
+    updated_at_ms: int
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    added: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class MemberPage:
+    mpids: list[int]
+    next_page_token: str
+
+
+class BadPageToken(ValueError):
+    pass
+
+
+def _tag(account_id: str) -> str:
+    return "{" + account_id + "}"
+
+
+def _script(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class AudienceStore:
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._redis = client
+        self._apply = client.register_script(_script("apply_changes"))
+        self._subscribe = client.register_script(_script("subscribe"))
+        self._unsubscribe = client.register_script(_script("unsubscribe"))
+        self._cleanup_step = client.register_script(_script("cleanup_step"))
+        self._user_audiences = client.register_script(_script("user_audiences"))
+        self._is_member = client.register_script(_script("is_member"))
+
+    async def subscribe(
+        self,
+        account_id: str,
+        connector_id: str,
+        audience_id: int,
+        name: str,
+        description: str,
+        settings: dict[str, str],
+    ) -> AudienceRecord:
+        tag = _tag(account_id)
+        flat = await self._subscribe(
+            keys=[f"au:idx:{tag}"],
+            args=[
+                tag,
+                _now_ms(),
+                connector_id,
+                audience_id,
+                name,
+                description,
+                orjson.dumps(settings, option=orjson.OPT_SORT_KEYS),
+            ],
+        )
+        return _record(audience_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    async def unsubscribe(self, account_id: str, audience_id: int) -> None:
+        """Remove an audience now; its memberships are freed by ``cleanup``."""
+        tag = _tag(account_id)
+        pending = await self._unsubscribe(
+            keys=[f"au:idx:{tag}", f"au:gc:{tag}"], args=[tag, audience_id]
+        )
+        if pending:
+            await self._redis.sadd(CLEANUP_ACCOUNTS, account_id)
+
+    async def apply_changes(
+        self,
+        account_id: str,
+        connector_id: str,
+        changes: list[tuple[int, str, list[int], list[int]]],
+    ) -> ChangeResult:
+        """Apply (audience id, name, added MPIDs, deleted MPIDs) tuples in one atomic step."""
+        tag = _tag(account_id)
+        args: list[str | int] = [tag, _now_ms(), connector_id, len(changes)]
+        for audience_id, name, adds, deletes in changes:
+            args += (audience_id, name, " ".join(map(str, adds)), " ".join(map(str, deletes)))
+
+        added, removed = await self._apply(keys=[f"au:idx:{tag}"], args=args)
+        return ChangeResult(added=added, removed=removed)
+
+    async def user_audiences(self, account_id: str, mpid: int) -> list[int]:
+        tag = _tag(account_id)
+        ids = await self._user_audiences(keys=[f"au:usr:{tag}:{mpid}", f"au:live:{tag}"])
+        return sorted(int(i) for i in ids if i is not None)
+
+    async def is_member(self, account_id: str, audience_id: int, mpid: int) -> bool:
+        tag = _tag(account_id)
+        found = await self._is_member(
+            keys=[f"au:idx:{tag}", f"au:usr:{tag}:{mpid}"], args=[audience_id]
+        )
+        return bool(found)
+
+    async def get(self, account_id: str, audience_id: int) -> AudienceRecord | None:
+        fields = await self._redis.hgetall(f"au:meta:{_tag(account_id)}:{audience_id}")
+        return _record(audience_id, fields) if fields else None
+
+    async def list(self, account_id: str) -> list[AudienceRecord]:
+        """Every live audience of the account, ordered by audience id."""
+        tag = _tag(account_id)
+        audience_ids = sorted(int(a) for a in await self._redis.hkeys(f"au:idx:{tag}"))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for audience_id in audience_ids:
+                pipe.hgetall(f"au:meta:{tag}:{audience_id}")
+            rows = await pipe.execute()
+        return [_record(a, f) for a, f in zip(audience_ids, rows, strict=True) if f]
+
+    async def members_page(
+        self, account_id: str, audience_id: int, page_size: int, page_token: str
+    ) -> MemberPage | None:
+        """One page of an audience's members; None when the audience is unknown."""
+        tag = _tag(account_id)
+        iid = await self._redis.hget(f"au:idx:{tag}", audience_id)
+        if iid is None:
+            return None
+
+        iid = iid.decode()
+        bucket, after = _decode_token(page_token, iid)
+        mpids: list[int] = []
+        while bucket < BUCKETS:
+            window = range(bucket, min(bucket + 256, BUCKETS))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for b in window:
+                    pipe.smembers(f"au:mem:{tag}:{iid}:{b}")
+                rows = await pipe.execute()
+
+            for b, members in zip(window, rows, strict=True):
+                ordered = sorted(int(m) for m in members)
+                if after is not None:
+                    ordered = [m for m in ordered if m > after]
+                    after = None
+                room = page_size - len(mpids)
+                if len(ordered) > room:
+                    mpids += ordered[:room]
+                    return MemberPage(mpids, _encode_token(iid, b, mpids[-1]))
+                mpids += ordered
+                if len(mpids) == page_size and b + 1 < BUCKETS:
+                    return MemberPage(mpids, _encode_token(iid, b + 1, None))
+            bucket = window.stop
+
+        return MemberPage(mpids, "")
+
+    async def cleanup(self, *, member_budget: int = 500, bucket_budget: int = 256) -> int:
+        """Do one bounded step of freeing removed audiences; returns steps still pending
+        for the account it worked on (0 when there was nothing to do)."""
+        account = await self._redis.srandmember(CLEANUP_ACCOUNTS)
+        if account is None:
+            return 0
+
+        account_id = account.decode()
+        tag = _tag(account_id)
+        pending = await self._cleanup_step(
+            keys=[f"au:gc:{tag}"], args=[tag, member_budget, bucket_budget]
+        )
+        if pending == 0:
+            await self._redis.srem(CLEANUP_ACCOUNTS, account_id)
+            # A removal may have queued work between the step and the SREM.
+            if await self._redis.llen(f"au:gc:{tag}"):
+                await self._redis.sadd(CLEANUP_ACCOUNTS, account_id)
+                return 1
+        return pending
+
+
+def _record(audience_id: int, fields: dict[bytes, bytes]) -> AudienceRecord:
+    def text(name: bytes) -> str:
+        return fields.get(name, b"").decode()
+
+    def number(name: bytes) -> int:
+        return int(fields.get(name, 0))
+
+    return AudienceRecord(
+        audience_id=audience_id,
+        name=text(b"name"),
+        description=text(b"description"),
+        connector_id=text(b"connector"),
+        subscribed=text(b"subscribed") == "1",
+        member_count=number(b"members"),
+        created_at_ms=number(b"created"),
+        updated_at_ms=number(b"updated"),
+        settings=orjson.loads(fields[b"settings"]) if fields.get(b"settings") else {},
+    )
+
+
+def _encode_token(iid: str, bucket: int, after: int | None) -> str:
+    raw = f"{iid}:{bucket}:{'' if after is None else after}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, iid: str) -> tuple[int, int | None]:
+    """The (bucket, last MPID returned) a token resumes from."""
+    if not token:
+        return 0, None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        token_iid, bucket, after = raw.split(":")
+        position = int(bucket), (int(after) if after else None)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadPageToken("malformed page_token") from None
+    if token_iid != iid or not 0 <= position[0] < BUCKETS:
+        raise BadPageToken("page_token belongs to another listing")
+    return position

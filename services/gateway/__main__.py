@@ -1,0 +1,33 @@
+import sys
+
+import uvicorn
+
+from services.common import asyncio_runner, logs
+from services.common.settings import SettingsError
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    try:
+        settings = GatewaySettings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"gateway: {exc}")
+
+    logs.configure("gateway", settings.log_level)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        )
+    )
+    asyncio_runner.run(server.serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+from pydantic import Field, SecretStr
+
+from services.common.settings import BaseServiceSettings
+
+
+class GatewaySettings(BaseServiceSettings):
+    host: str = Field("127.0.0.1", validation_alias="GATEWAY_HOST")
+    port: int = Field(8080, validation_alias="GATEWAY_PORT", ge=0, le=65535)
+    keys_target: str = Field("127.0.0.1:50051", validation_alias="KEYS_TARGET")
+    audience_target: str = Field("127.0.0.1:50052", validation_alias="AUDIENCE_TARGET")
+    # Deadline of each gRPC call, in seconds.
+    call_timeout_seconds: float = Field(1.0, validation_alias="GRPC_CALL_TIMEOUT_SECONDS", gt=0)
+    # Largest accepted request body, in bytes, before and after gunzip.
+    max_body_bytes: int = Field(64 * 1024 * 1024, validation_alias="GATEWAY_MAX_BODY_BYTES", gt=0)
+    # When set, every request but registration must carry "Authorization: Token <this>".
+    mparticle_token: SecretStr = Field(SecretStr(""), validation_alias="MPARTICLE_TOKEN")
+    # The account setting that carries the customer's API key, as declared at registration.
+    api_key_setting: str = Field("apiKey", validation_alias="MPARTICLE_API_KEY_SETTING")
+    # What mParticle's directory shows about this integration.
+    integration_name: str = Field("Audience Targeting", validation_alias="INTEGRATION_NAME")
+    integration_version: str = Field("1.0", validation_alias="INTEGRATION_VERSION")

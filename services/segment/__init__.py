@@ -1,0 +1,1 @@
+"""The segment service: connectors, and the segment builder's list of targetable audiences."""
