@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AudienceServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Stores audience subscriptions and memberships, and answers membership lookups.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -72,7 +73,8 @@ class AudienceServiceStub:
 
 
 class AudienceServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Stores audience subscriptions and memberships, and answers membership lookups.
+    """
 
     def ApplySubscription(self, request, context):
         """Applies one audience subscription change (mParticle's
@@ -179,7 +181,8 @@ def add_AudienceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AudienceService:
-    """Missing associated documentation comment in .proto file."""
+    """Stores audience subscriptions and memberships, and answers membership lookups.
+    """
 
     @staticmethod
     def ApplySubscription(request,

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class KeyServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Issues, checks and revokes API keys.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -57,7 +58,8 @@ class KeyServiceStub:
 
 
 class KeyServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Issues, checks and revokes API keys.
+    """
 
     def CreateKey(self, request, context):
         """Issues a new key for a connector of an account.
@@ -124,7 +126,8 @@ def add_KeyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KeyService:
-    """Missing associated documentation comment in .proto file."""
+    """Issues, checks and revokes API keys.
+    """
 
     @staticmethod
     def CreateKey(request,

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class SegmentServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Manages connectors and lists the segments each one offers.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,7 +63,8 @@ class SegmentServiceStub:
 
 
 class SegmentServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Manages connectors and lists the segments each one offers.
+    """
 
     def CreateConnector(self, request, context):
         """Creates a connector. ALREADY_EXISTS when the account has a connector of that name;
@@ -141,7 +143,8 @@ def add_SegmentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SegmentService:
-    """Missing associated documentation comment in .proto file."""
+    """Manages connectors and lists the segments each one offers.
+    """
 
     @staticmethod
     def CreateConnector(request,

