@@ -38,6 +38,14 @@ FIXTURE_KEY = "test-key-0000-not-a-real-secret"
 MPARTICLE_TOKEN = "test-mparticle-token"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if not FIXTURES.is_dir():
+        raise pytest.UsageError(
+            f"the shared mParticle fixtures are not at {FIXTURES}: "
+            "set MPARTICLE_FIXTURES to their folder"
+        )
+
+
 def fixture_json(name: str, api_key: str | None = None) -> dict[str, Any]:
     """A request from the shared fixtures, with its placeholder key replaced by ``api_key``."""
     text = (FIXTURES / name).read_text()
