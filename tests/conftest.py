@@ -62,6 +62,7 @@ class Stack:
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     servers: dict[str, GrpcServer] = field(default_factory=dict)
     gateway_port: int = 0
+    _gateways: list[tuple[uvicorn.Server, "asyncio.Task[None]"]] = field(default_factory=list)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -90,18 +91,26 @@ class Stack:
         for server in self.servers.values():
             await server.start()
 
+        self.gateway_port = await self._start_gateway()
+
+    def start_gateway(self, **settings: Any) -> str:
+        """Another gateway on the same services, with other settings; returns its URL."""
+        return f"http://127.0.0.1:{self.run(self._start_gateway(**settings))}"
+
+    async def _start_gateway(self, **overrides: Any) -> int:
         settings = GatewaySettings(
             port=0,
             keys_target=self.target("keys"),
             audience_target=self.target("audience"),
             mparticle_token=MPARTICLE_TOKEN,
+            **overrides,
         )
         config = uvicorn.Config(create_app(settings), port=0, log_config=None, lifespan="on")
-        self._gateway = uvicorn.Server(config)
-        self._gateway_task = asyncio.create_task(self._gateway.serve())
-        while not self._gateway.started:  # noqa: ASYNC110 - uvicorn sets only a flag
+        gateway = uvicorn.Server(config)
+        self._gateways.append((gateway, asyncio.create_task(gateway.serve())))
+        while not gateway.started:  # noqa: ASYNC110 - uvicorn sets only a flag
             await asyncio.sleep(0.01)
-        self.gateway_port = self._gateway.servers[0].sockets[0].getsockname()[1]
+        return gateway.servers[0].sockets[0].getsockname()[1]
 
     def stop(self) -> None:
         self.run(self._stop())
@@ -109,8 +118,9 @@ class Stack:
         self._thread.join(10)
 
     async def _stop(self) -> None:
-        self._gateway.should_exit = True
-        await self._gateway_task
+        for gateway, task in self._gateways:
+            gateway.should_exit = True
+            await task
         for server in reversed(self.servers.values()):
             await server.stop(1)
 

@@ -17,7 +17,7 @@ SERVICE_NAME = audience_pb2.DESCRIPTOR.services_by_name["AudienceService"].full_
 async def create_server(settings: AudienceSettings) -> GrpcServer:
     """Build the audience server on settings.host:settings.port (0 picks a free port)."""
     client = redis_helpers.connect(settings.redis_url)
-    store = AudienceStore(client)
+    store = AudienceStore(client, settings.ordering_window_seconds)
     servicer = AudienceServicer(store)
 
     return GrpcServer(

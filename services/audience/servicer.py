@@ -1,10 +1,13 @@
 import grpc
 
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
-from services.audience.store import AudienceRecord, AudienceStore, BadPageToken
+from services.audience.store import AudienceRecord, AudienceStore, BadPageToken, now_ms
 from services.common.validation import require_audience_id, require_id
 
 MAX_NAME_LENGTH = 1024
+# A source time further ahead of our clock than this is taken as "now": a sender's clock
+# running fast must not make its changes win over every later one.
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
 
@@ -22,9 +25,12 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
         await require_id(context, "connector_id", request.connector_id)
         await require_audience_id(context, request.audience_id)
 
+        source_time = await _source_time(context, request.timestamp_ms)
         if request.action == _Action.SUBSCRIPTION_ACTION_REMOVE:
-            await self._store.unsubscribe(request.account_id, request.audience_id)
-            return audience_pb2.ApplySubscriptionResponse()
+            applied = await self._store.unsubscribe(
+                request.account_id, request.audience_id, source_time
+            )
+            return audience_pb2.ApplySubscriptionResponse(stale=not applied)
 
         if request.action not in (
             _Action.SUBSCRIPTION_ACTION_ADD,
@@ -37,15 +43,18 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
                 f"audience_name must be 1 to {MAX_NAME_LENGTH} characters",
             )
 
-        record = await self._store.subscribe(
+        record, applied = await self._store.subscribe(
             request.account_id,
             request.connector_id,
             request.audience_id,
             request.audience_name,
             request.audience_description,
             dict(request.settings),
+            source_time,
         )
-        return audience_pb2.ApplySubscriptionResponse(audience=_to_proto(record))
+        return audience_pb2.ApplySubscriptionResponse(
+            audience=_to_proto(record) if record else None, stale=not applied
+        )
 
     async def ApplyMembershipChanges(
         self,
@@ -71,11 +80,15 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
         if not total:
             return audience_pb2.ApplyMembershipChangesResponse()
 
-        result = await self._store.apply_changes(request.account_id, request.connector_id, changes)
+        source_time = await _source_time(context, request.timestamp_ms)
+        result = await self._store.apply_changes(
+            request.account_id, request.connector_id, changes, source_time
+        )
         return audience_pb2.ApplyMembershipChangesResponse(
             added=result.added,
             removed=result.removed,
-            unchanged=total - result.added - result.removed,
+            stale=result.stale,
+            unchanged=total - result.added - result.removed - result.stale,
         )
 
     async def GetUserAudiences(
@@ -139,6 +152,15 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
 
         records = await self._store.list(request.account_id)
         return audience_pb2.ListAudiencesResponse(audiences=[_to_proto(r) for r in records])
+
+
+async def _source_time(context: grpc.aio.ServicerContext, timestamp_ms: int) -> int:
+    if timestamp_ms < 0:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "timestamp_ms must not be negative")
+    now = now_ms()
+    if not timestamp_ms or timestamp_ms > now + MAX_CLOCK_SKEW_MS:
+        return now
+    return timestamp_ms
 
 
 def _entry_problem(entry: audience_pb2.AudienceChanges, seen_audiences: set[int]) -> str:

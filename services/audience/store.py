@@ -10,6 +10,9 @@ stays within one Redis Cluster hash slot; accounts spread across a cluster's sha
                                   created, updated (ms), settings (JSON)
   au:mem:{A}:<iid>:<b>     set    MPIDs of one bucket (0-4095) of an audience's members
   au:usr:{A}:<mpid>        set    incarnation ids of the audiences an MPID is in
+  au:ts:{A}:<iid>:<g>:<n>  hash   MPID -> source time (ms) of its last change, for changes
+                                  applied in ordering generation g; n is 0-255
+  au:removed:{A}           hash   audience id -> source time (ms) of its last removal
   au:gc:{A}                list   incarnations of removed audiences waiting for cleanup
   au:gcpos:{A}             hash   incarnation id -> next bucket to clean
   au:gc-accounts           set    accounts whose au:gc list is not empty (single-key use)
@@ -21,11 +24,17 @@ incarnation and cannot be touched by that cleanup.
 
 Member sets are split in 4096 buckets so that each stays small enough for Redis's intset
 encoding (8 bytes an MPID) up to a few million members.
+
+Ordering: a change carries its source time (mParticle's timestamp_ms). A change older than
+the last change applied to the same membership is ignored, as long as that last change was
+applied less than one ordering window ago (it may hold for up to two): stamps live in
+generations of one window each, and each generation expires after two windows.
 """
 
 import base64
 import binascii
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -53,6 +62,7 @@ class AudienceRecord:
 class ChangeResult:
     added: int
     removed: int
+    stale: int
 
 
 @dataclass(frozen=True)
@@ -73,13 +83,16 @@ def _script(name: str) -> str:
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 class AudienceStore:
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: redis.asyncio.Redis, ordering_window_seconds: int = 3600) -> None:
         self._redis = client
+        self._window_ms = ordering_window_seconds * 1000
+        # A generation's stamps are read for two windows, plus a margin for clock steps.
+        self._stamp_ttl_seconds = 2 * ordering_window_seconds + 60
         self._apply = client.register_script(_script("apply_changes"))
         self._subscribe = client.register_script(_script("subscribe"))
         self._unsubscribe = client.register_script(_script("unsubscribe"))
@@ -95,45 +108,63 @@ class AudienceStore:
         name: str,
         description: str,
         settings: dict[str, str],
-    ) -> AudienceRecord:
+        source_time_ms: int,
+    ) -> tuple[AudienceRecord | None, bool]:
+        """Create or update an audience; returns it (None if removed since) and whether the
+        change was applied (False when a newer one was applied before)."""
         tag = _tag(account_id)
-        flat = await self._subscribe(
+        applied, flat = await self._subscribe(
             keys=[f"au:idx:{tag}"],
             args=[
                 tag,
-                _now_ms(),
+                now_ms(),
                 connector_id,
                 audience_id,
                 name,
                 description,
                 orjson.dumps(settings, option=orjson.OPT_SORT_KEYS),
+                source_time_ms,
             ],
         )
-        return _record(audience_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return (_record(audience_id, fields) if fields else None), bool(applied)
 
-    async def unsubscribe(self, account_id: str, audience_id: int) -> None:
-        """Remove an audience now; its memberships are freed by ``cleanup``."""
+    async def unsubscribe(self, account_id: str, audience_id: int, source_time_ms: int) -> bool:
+        """Remove an audience now; its memberships are freed by ``cleanup``. Returns False
+        when a newer subscription change was applied before."""
         tag = _tag(account_id)
-        pending = await self._unsubscribe(
-            keys=[f"au:idx:{tag}", f"au:gc:{tag}"], args=[tag, audience_id]
+        applied, pending = await self._unsubscribe(
+            keys=[f"au:idx:{tag}", f"au:gc:{tag}"], args=[tag, audience_id, source_time_ms]
         )
         if pending:
             await self._redis.sadd(CLEANUP_ACCOUNTS, account_id)
+        return bool(applied)
 
     async def apply_changes(
         self,
         account_id: str,
         connector_id: str,
-        changes: list[tuple[int, str, list[int], list[int]]],
+        changes: list[tuple[int, str, Sequence[int], Sequence[int]]],
+        source_time_ms: int,
     ) -> ChangeResult:
-        """Apply (audience id, name, added MPIDs, deleted MPIDs) tuples in one atomic step."""
+        """Apply (audience id, name, added MPIDs, deleted MPIDs) tuples in one atomic step,
+        each change ignored if a newer change to its membership was applied before."""
         tag = _tag(account_id)
-        args: list[str | int] = [tag, _now_ms(), connector_id, len(changes)]
+        now = now_ms()
+        args: list[str | int] = [
+            tag,
+            now,
+            connector_id,
+            len(changes),
+            source_time_ms,
+            now // self._window_ms,
+            self._stamp_ttl_seconds,
+        ]
         for audience_id, name, adds, deletes in changes:
             args += (audience_id, name, " ".join(map(str, adds)), " ".join(map(str, deletes)))
 
-        added, removed = await self._apply(keys=[f"au:idx:{tag}"], args=args)
-        return ChangeResult(added=added, removed=removed)
+        added, removed, stale = await self._apply(keys=[f"au:idx:{tag}"], args=args)
+        return ChangeResult(added=added, removed=removed, stale=stale)
 
     async def user_audiences(self, account_id: str, mpid: int) -> list[int]:
         tag = _tag(account_id)

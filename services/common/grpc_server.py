@@ -27,6 +27,10 @@ _LOGGER = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
+# The health service name a liveness probe asks for: SERVING while the process runs, whatever
+# its dependencies. The overall status ("") and each service's status follow readiness.
+LIVENESS = "liveness"
+
 ReadinessCheck = Callable[[], Awaitable[bool]]
 SettingsT = TypeVar("SettingsT", bound=BaseServiceSettings)
 
@@ -89,6 +93,7 @@ class GrpcServer:
 
     async def start(self) -> None:
         """Start serving; health says NOT_SERVING until the first readiness check passes."""
+        await self.health.set(LIVENESS, SERVING)
         await self._set_health(NOT_SERVING)
         await self.server.start()
         await self._check_readiness()

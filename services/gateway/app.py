@@ -74,8 +74,16 @@ class MparticleEndpoint:
         self._settings = settings
         self._upstreams = upstreams
         self._token = settings.mparticle_token.get_secret_value().encode()
+        self._in_flight = 0
 
     async def __call__(self, request: Request) -> Response:
+        if self._in_flight >= self._settings.max_in_flight:
+            _LOGGER.warning("shedding load", extra={"in_flight": self._in_flight})
+            return ApiError(
+                429, "overloaded", "too many requests in flight, retry later"
+            ).response()
+
+        self._in_flight += 1
         try:
             return await self._receive(request)
         except ApiError as error:
@@ -84,8 +92,11 @@ class MparticleEndpoint:
             _LOGGER.exception("unexpected error")
             # 500 is retried by mParticle: a bug of ours must not drop data for good.
             return ApiError(500, "internal", "internal error").response()
+        finally:
+            self._in_flight -= 1
 
     async def _receive(self, request: Request) -> Response:
+        request.state.deadline = time.monotonic() + self._settings.request_timeout_seconds
         _check_content_type(request)
         body = await _read_body(request, self._settings.max_body_bytes)
         document = firehose.parse_json(body)
@@ -108,7 +119,7 @@ class MparticleEndpoint:
         self, request: Request, envelope: firehose.Envelope, document: dict[str, Any]
     ) -> Response:
         message = firehose.read_subscription(document)
-        owner = await self._authenticate(message.account)
+        owner = await self._authenticate(request, message.account)
         if owner is None:
             raise ApiError(
                 401,
@@ -119,6 +130,7 @@ class MparticleEndpoint:
         request.state.account = owner.account_id
 
         await self._call(
+            request,
             "audience",
             self._upstreams.audience.ApplySubscription,
             audience_pb2.ApplySubscriptionRequest(
@@ -129,6 +141,7 @@ class MparticleEndpoint:
                 audience_name=message.audience_name,
                 audience_description=message.audience_description,
                 settings=message.audience_subscription_settings or {},
+                timestamp_ms=envelope.timestamp_ms or 0,
             ),
         )
         return _reply(envelope, "audience_subscription_response")
@@ -137,7 +150,7 @@ class MparticleEndpoint:
         self, request: Request, envelope: firehose.Envelope, document: dict[str, Any]
     ) -> Response:
         message, batch = firehose.read_membership(document)
-        owner = await self._authenticate(message.account)
+        owner = await self._authenticate(request, message.account)
         if owner is None:
             # A broken configuration, not a passing fault: mParticle stops sending until the
             # customer fixes the key and resumes the connection.
@@ -156,35 +169,44 @@ class MparticleEndpoint:
                     "first_problem": batch.first_problem,
                 },
             )
+            if not batch.entries:
+                raise ApiError(
+                    422,
+                    "nothing_valid",
+                    "no user profile or audience entry of the message could be read",
+                    batch.first_problem,
+                )
 
         if batch.latest:
             await self._call(
+                request,
                 "audience",
                 self._upstreams.audience.ApplyMembershipChanges,
-                _membership_request(owner, batch),
+                _membership_request(owner, batch, envelope.timestamp_ms or 0),
             )
         return _reply(
             envelope, "audience_membership_change_response", {"suspend_subscription": False}
         )
 
-    async def _authenticate(self, account: firehose.Account) -> keys_pb2.ValidateKeyResponse | None:
+    async def _authenticate(
+        self, request: Request, account: firehose.Account
+    ) -> keys_pb2.ValidateKeyResponse | None:
         """The key's owner, or None when the key is missing, unknown or revoked."""
         plaintext = account.account_settings.get(self._settings.api_key_setting, "")
         if not plaintext:
             return None
         try:
             return await self._upstreams.keys.ValidateKey(
-                keys_pb2.ValidateKeyRequest(plaintext=plaintext),
-                timeout=self._settings.call_timeout_seconds,
+                keys_pb2.ValidateKeyRequest(plaintext=plaintext), timeout=_time_left(request)
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNAUTHENTICATED:
                 return None
             raise ApiError.from_grpc(error, "keys") from None
 
-    async def _call(self, upstream: str, method: Any, message: Any) -> Any:
+    async def _call(self, request: Request, upstream: str, method: Any, message: Any) -> Any:
         try:
-            return await method(message, timeout=self._settings.call_timeout_seconds)
+            return await method(message, timeout=_time_left(request))
         except grpc.aio.AioRpcError as error:
             _LOGGER.warning(
                 "upstream call failed", extra={"upstream": upstream, "code": error.code().name}
@@ -201,11 +223,16 @@ class MparticleEndpoint:
             raise ApiError(401, "unauthorized", "missing or wrong Authorization: Token header")
 
 
+def _time_left(request: Request) -> float:
+    """Seconds left of the request's budget: the deadline of its next gRPC call."""
+    return max(request.state.deadline - time.monotonic(), 0.001)
+
+
 def _membership_request(
-    owner: keys_pb2.ValidateKeyResponse, batch: firehose.MembershipBatch
+    owner: keys_pb2.ValidateKeyResponse, batch: firehose.MembershipBatch, timestamp_ms: int
 ) -> audience_pb2.ApplyMembershipChangesRequest:
     request = audience_pb2.ApplyMembershipChangesRequest(
-        account_id=owner.account_id, connector_id=owner.connector_id
+        account_id=owner.account_id, connector_id=owner.connector_id, timestamp_ms=timestamp_ms
     )
     for audience_id, latest in batch.latest.items():
         entry = request.audiences.add(
@@ -351,7 +378,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         return JSONResponse({"status": "alive"})
 
     async def readyz(request: Request) -> Response:
-        upstreams = await request.app.state.upstreams.health(settings.call_timeout_seconds)
+        upstreams = await request.app.state.upstreams.health(settings.request_timeout_seconds)
         ready = all(upstreams.values())
         body = {"status": "ready" if ready else "not ready", "upstreams": upstreams}
         return JSONResponse(body, status_code=200 if ready else 503)

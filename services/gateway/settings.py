@@ -8,8 +8,13 @@ class GatewaySettings(BaseServiceSettings):
     port: int = Field(8080, validation_alias="GATEWAY_PORT", ge=0, le=65535)
     keys_target: str = Field("127.0.0.1:50051", validation_alias="KEYS_TARGET")
     audience_target: str = Field("127.0.0.1:50052", validation_alias="AUDIENCE_TARGET")
-    # Deadline of each gRPC call, in seconds.
-    call_timeout_seconds: float = Field(1.0, validation_alias="GRPC_CALL_TIMEOUT_SECONDS", gt=0)
+    # Time budget of one mParticle request, in seconds: its gRPC calls together get no more,
+    # so that a stalled dependency is answered with a retried 503 within a second.
+    request_timeout_seconds: float = Field(
+        0.9, validation_alias="GATEWAY_REQUEST_TIMEOUT_SECONDS", gt=0
+    )
+    # Requests to /mparticle handled at once; past it, the gateway answers 429 at once.
+    max_in_flight: int = Field(256, validation_alias="GATEWAY_MAX_IN_FLIGHT", gt=0)
     # Largest accepted request body, in bytes, before and after gunzip.
     max_body_bytes: int = Field(64 * 1024 * 1024, validation_alias="GATEWAY_MAX_BODY_BYTES", gt=0)
     # When set, every request but registration must carry "Authorization: Token <this>".

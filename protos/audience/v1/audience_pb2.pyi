@@ -48,7 +48,7 @@ class Audience(_message.Message):
     def __init__(self, audience_id: _Optional[int] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., connector_id: _Optional[str] = ..., subscribed: _Optional[bool] = ..., member_count: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ApplySubscriptionRequest(_message.Message):
-    __slots__ = ("account_id", "connector_id", "action", "audience_id", "audience_name", "audience_description", "settings")
+    __slots__ = ("account_id", "connector_id", "action", "audience_id", "audience_name", "audience_description", "settings", "timestamp_ms")
     class SettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class ApplySubscriptionRequest(_message.Message):
     AUDIENCE_NAME_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     connector_id: str
     action: SubscriptionAction
@@ -70,13 +71,16 @@ class ApplySubscriptionRequest(_message.Message):
     audience_name: str
     audience_description: str
     settings: _containers.ScalarMap[str, str]
-    def __init__(self, account_id: _Optional[str] = ..., connector_id: _Optional[str] = ..., action: _Optional[_Union[SubscriptionAction, str]] = ..., audience_id: _Optional[int] = ..., audience_name: _Optional[str] = ..., audience_description: _Optional[str] = ..., settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    timestamp_ms: int
+    def __init__(self, account_id: _Optional[str] = ..., connector_id: _Optional[str] = ..., action: _Optional[_Union[SubscriptionAction, str]] = ..., audience_id: _Optional[int] = ..., audience_name: _Optional[str] = ..., audience_description: _Optional[str] = ..., settings: _Optional[_Mapping[str, str]] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
 class ApplySubscriptionResponse(_message.Message):
-    __slots__ = ("audience",)
+    __slots__ = ("audience", "stale")
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     audience: Audience
-    def __init__(self, audience: _Optional[_Union[Audience, _Mapping]] = ...) -> None: ...
+    stale: bool
+    def __init__(self, audience: _Optional[_Union[Audience, _Mapping]] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class AudienceChanges(_message.Message):
     __slots__ = ("audience_id", "audience_name", "add_mpids", "delete_mpids")
@@ -91,24 +95,28 @@ class AudienceChanges(_message.Message):
     def __init__(self, audience_id: _Optional[int] = ..., audience_name: _Optional[str] = ..., add_mpids: _Optional[_Iterable[int]] = ..., delete_mpids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ApplyMembershipChangesRequest(_message.Message):
-    __slots__ = ("account_id", "connector_id", "audiences")
+    __slots__ = ("account_id", "connector_id", "audiences", "timestamp_ms")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTOR_ID_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     connector_id: str
     audiences: _containers.RepeatedCompositeFieldContainer[AudienceChanges]
-    def __init__(self, account_id: _Optional[str] = ..., connector_id: _Optional[str] = ..., audiences: _Optional[_Iterable[_Union[AudienceChanges, _Mapping]]] = ...) -> None: ...
+    timestamp_ms: int
+    def __init__(self, account_id: _Optional[str] = ..., connector_id: _Optional[str] = ..., audiences: _Optional[_Iterable[_Union[AudienceChanges, _Mapping]]] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
 class ApplyMembershipChangesResponse(_message.Message):
-    __slots__ = ("added", "removed", "unchanged")
+    __slots__ = ("added", "removed", "unchanged", "stale")
     ADDED_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     added: int
     removed: int
     unchanged: int
-    def __init__(self, added: _Optional[int] = ..., removed: _Optional[int] = ..., unchanged: _Optional[int] = ...) -> None: ...
+    stale: int
+    def __init__(self, added: _Optional[int] = ..., removed: _Optional[int] = ..., unchanged: _Optional[int] = ..., stale: _Optional[int] = ...) -> None: ...
 
 class GetUserAudiencesRequest(_message.Message):
     __slots__ = ("account_id", "mpid")

@@ -1,0 +1,359 @@
+"""Bad input through the real gateway: a clear, permanent 4xx in one JSON shape, never a 5xx,
+and the valid changes beside a bad one are kept."""
+
+import gzip
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from protos.audience.v1 import audience_pb2
+from protos.keys.v1 import keys_pb2
+from tests.conftest import Stack, Tenant, fixture_json
+
+SUBSCRIPTION = "02_audience_subscription_add.json"
+MEMBERSHIP = "06_membership_change_mpid_only.json"
+
+
+def assert_error(response: httpx.Response, status: int, code: str, path: str | None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "error": {"code": code, "message": response.json()["error"]["message"], "path": path}
+    }
+    assert response.json()["error"]["message"]
+    assert "Traceback" not in response.text
+
+
+def membership(tenant: Tenant, *profiles: dict[str, Any]) -> dict[str, Any]:
+    body = fixture_json(MEMBERSHIP, tenant.api_key)
+    body["user_profiles"] = list(profiles)
+    return body
+
+
+def profile(mpid: Any, audience_id: Any = 5, action: Any = "add") -> dict[str, Any]:
+    return {
+        "mpid": mpid,
+        "audiences": [{"audience_id": audience_id, "audience_name": "Five", "action": action}],
+    }
+
+
+def members(audience_stub: Any, audience_id: int = 5) -> set[int]:
+    try:
+        page = audience_stub.ListMembers(
+            audience_pb2.ListMembersRequest(account_id="acme", audience_id=audience_id)
+        )
+    except Exception:
+        return set()
+    return set(page.mpids)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'"a string"', "invalid_json"),
+        (b'{"type": NaN}', "invalid_json"),
+        ('{"type": "é"}'.encode("utf-16"), "invalid_encoding"),
+        (b'{"type": "\xff\xfe"}', "invalid_encoding"),
+    ],
+    ids=["truncated", "empty", "array", "string", "nan", "utf-16", "latin-1"],
+)
+def test_unreadable_bodies_are_400(http: httpx.Client, body: bytes, code: str) -> None:
+    assert_error(http.post("/mparticle", content=body), 400, code, "$")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_wrong_content_type_is_415(http: httpx.Client, content_type: str) -> None:
+    body = fixture_json("01_module_registration_request.json")
+
+    response = http.post("/mparticle", json=body, headers={"Content-Type": content_type})
+
+    assert_error(response, 415, "unsupported_media_type", None)
+
+
+def test_json_content_type_with_parameters_is_accepted(http: httpx.Client) -> None:
+    body = fixture_json("01_module_registration_request.json")
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+
+    assert http.post("/mparticle", json=body, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code", "path"),
+    [
+        ({"type": "event_processing_request"}, 400, "unsupported_type", "$.type"),
+        ({"type": 7}, 400, "invalid_field", "$.type"),
+        ({"account": None}, 400, "invalid_field", "$.account"),
+        ({"account": {"account_id": 1, "account_settings": []}}, 400, "invalid_field",
+         "$.account.account_settings"),
+        ({"action": "ADD"}, 400, "invalid_field", "$.action"),
+        ({"action": None}, 400, "invalid_field", "$.action"),
+        ({"audience_id": 0}, 400, "invalid_field", "$.audience_id"),
+        ({"audience_id": 2**31}, 400, "invalid_field", "$.audience_id"),
+        ({"audience_id": 1.5}, 400, "invalid_field", "$.audience_id"),
+        ({"audience_id": True}, 400, "invalid_field", "$.audience_id"),
+        ({"audience_id": "x"}, 400, "invalid_field", "$.audience_id"),
+    ],
+)  # fmt: skip
+def test_bad_subscription_envelopes_are_400(
+    http: httpx.Client, tenant: Tenant, change: dict, status: int, code: str, path: str
+) -> None:
+    body = {**fixture_json(SUBSCRIPTION, tenant.api_key), **change}
+
+    assert_error(http.post("/mparticle", json=body), status, code, path)
+
+
+def test_missing_account_on_membership_is_400(http: httpx.Client, tenant: Tenant) -> None:
+    body = membership(tenant, profile("1"))
+    del body["account"]
+
+    assert_error(http.post("/mparticle", json=body), 400, "invalid_field", "$.account")
+
+
+def test_subscription_settings_of_other_scalar_types_are_read_as_text(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    body = fixture_json(SUBSCRIPTION, tenant.api_key)
+    body["audience_subscription_settings"] = {"flag": True, "size": 12}
+    body["account"]["account_settings"]["extra"] = False
+
+    assert http.post("/mparticle", json=body).status_code == 200
+
+    [audience] = audience_stub.ListAudiences(
+        audience_pb2.ListAudiencesRequest(account_id="acme")
+    ).audiences
+    assert dict(audience.settings) == {"flag": "true", "size": "12"}
+
+
+@pytest.mark.parametrize(
+    "mpid",
+    ["123", 123, "-9223372036854775808", 9223372036854775807, -9223372036854775808, "0", "007"],
+)
+def test_valid_mpids_are_kept_exactly(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any, mpid: Any
+) -> None:
+    response = http.post("/mparticle", json=membership(tenant, profile(mpid)))
+
+    assert response.status_code == 200
+    assert members(audience_stub) == {int(mpid)}
+
+
+BAD_MPIDS = [
+    "9223372036854775808",
+    "-9223372036854775809",
+    9223372036854775808,
+    -9223372036854775809,
+    1.5,
+    1.0,
+    True,
+    "",
+    "abc",
+    " 1",
+    "+1",
+    "1e3",
+    "0x10",
+    None,
+    [],
+    {},
+]
+
+
+@pytest.mark.parametrize("mpid", BAD_MPIDS)
+def test_a_bad_mpid_skips_only_its_profile(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any, mpid: Any
+) -> None:
+    body = membership(tenant, profile("11"), profile(mpid), profile("-12"))
+
+    response = http.post("/mparticle", json=body)
+
+    assert response.status_code == 200
+    assert response.json()["suspend_subscription"] is False
+    assert members(audience_stub) == {11, -12}
+
+
+@pytest.mark.parametrize("literal", ["1e3", "1.0", "123456789012345678901234567890"])
+def test_mpid_number_literals_beyond_int64_or_not_integers_skip_their_profile(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any, literal: str
+) -> None:
+    body = membership(tenant, profile("11"), profile("MARK"))
+    text = httpx.Request("POST", "/", json=body).content.decode().replace('"MARK"', literal)
+
+    response = http.post("/mparticle", content=text.encode())
+
+    assert response.status_code == 200
+    assert members(audience_stub) == {11}
+
+
+def test_a_message_with_nothing_valid_is_422(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    body = membership(tenant, profile("1.5"), profile("2", action="join"))
+
+    response = http.post("/mparticle", json=body)
+
+    assert_error(response, 422, "nothing_valid", "$.user_profiles[0].mpid")
+    assert members(audience_stub) == set()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"audience_id": 6, "audience_name": "Six", "action": "join"},
+        {"audience_id": 6, "audience_name": "Six", "action": "ADD"},
+        {"audience_id": 0, "audience_name": "Zero", "action": "add"},
+        {"audience_id": "x", "audience_name": "X", "action": "add"},
+        {"audience_name": "No id", "action": "add"},
+        "not an object",
+    ],
+)
+def test_a_bad_audience_entry_skips_only_itself(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any, entry: Any
+) -> None:
+    user = profile("21")
+    user["audiences"].append(entry)
+
+    response = http.post("/mparticle", json=membership(tenant, user))
+
+    assert response.status_code == 200
+    assert members(audience_stub) == {21}
+
+
+def test_unknown_fields_and_identity_types_are_ignored(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    user = profile("31")
+    user["user_identities"] = [{"type": "other_id_11", "encoding": "raw", "value": "x"}]
+    user["device_identities"] = [{"type": "new_device_kind", "encoding": "sha512", "value": "y"}]
+    user["shiny_new_field"] = {"nested": [1, 2]}
+    body = {**membership(tenant, user), "another_new_field": True, "mpid": "999"}
+
+    response = http.post("/mparticle", json=body)
+
+    assert response.status_code == 200
+    assert members(audience_stub) == {31}
+
+
+def test_pre_2018_shape_is_a_clear_400(http: httpx.Client, tenant: Tenant) -> None:
+    legacy = {"mpid": "41", "added_audiences": [{"audience_id": 5, "audience_name": "Five"}]}
+
+    response = http.post("/mparticle", json=membership(tenant, legacy))
+
+    assert_error(response, 400, "unsupported_format", "$.user_profiles[0]")
+
+
+def test_empty_user_profiles_is_a_verification(http: httpx.Client, tenant: Tenant) -> None:
+    response = http.post("/mparticle", json=membership(tenant))
+
+    assert response.status_code == 200
+    assert response.json()["suspend_subscription"] is False
+
+
+@pytest.mark.parametrize("key", [None, "", 12345, "ak_malformed"])
+def test_missing_or_malformed_key_on_subscription_is_401(
+    http: httpx.Client, tenant: Tenant, key: Any
+) -> None:
+    body = fixture_json(SUBSCRIPTION, tenant.api_key)
+    if key is None:
+        del body["account"]["account_settings"]["apiKey"]
+    else:
+        body["account"]["account_settings"]["apiKey"] = key
+
+    response = http.post("/mparticle", json=body)
+
+    assert_error(response, 401, "invalid_api_key", "$.account.account_settings.apiKey")
+
+
+def test_revoked_key_stops_working_at_once(
+    http: httpx.Client, tenant: Tenant, keys_stub: Any, audience_stub: Any
+) -> None:
+    assert http.post("/mparticle", json=membership(tenant, profile("51"))).status_code == 200
+    [key] = keys_stub.ListKeys(keys_pb2.ListKeysRequest(account_id="acme")).keys
+    keys_stub.RevokeKey(keys_pb2.RevokeKeyRequest(account_id="acme", key_id=key.key_id))
+
+    change = http.post("/mparticle", json=membership(tenant, profile("52")))
+    subscription = http.post("/mparticle", json=fixture_json(SUBSCRIPTION, tenant.api_key))
+
+    assert change.status_code == 200
+    assert change.json()["suspend_subscription"] is True
+    assert subscription.status_code == 401
+    assert members(audience_stub) == {51}
+
+
+@pytest.fixture
+def small_gateway(stack: Stack) -> Iterator[httpx.Client]:
+    url = stack.start_gateway(max_body_bytes=4096)
+    headers = {"Authorization": "Token test-mparticle-token", "Content-Type": "application/json"}
+    with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+        yield client
+
+
+def big_membership(tenant: Tenant, profiles: int) -> dict[str, Any]:
+    return membership(tenant, *(profile(str(i)) for i in range(profiles)))
+
+
+def test_over_the_cap_with_content_length_is_413(
+    small_gateway: httpx.Client, tenant: Tenant
+) -> None:
+    response = small_gateway.post("/mparticle", json=big_membership(tenant, 200))
+
+    assert_error(response, 413, "body_too_large", None)
+
+
+def test_over_the_cap_without_content_length_is_413(
+    small_gateway: httpx.Client, tenant: Tenant
+) -> None:
+    content = httpx.Request("POST", "/", json=big_membership(tenant, 200)).content
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(content), 1000):
+            yield content[start : start + 1000]
+
+    response = small_gateway.post("/mparticle", content=chunks())
+
+    assert "content-length" not in response.request.headers
+    assert_error(response, 413, "body_too_large", None)
+
+
+def test_gzip_bodies_are_accepted(
+    small_gateway: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    content = httpx.Request("POST", "/", json=big_membership(tenant, 20)).content
+
+    response = small_gateway.post(
+        "/mparticle", content=gzip.compress(content), headers={"Content-Encoding": "gzip"}
+    )
+
+    assert response.status_code == 200
+    assert members(audience_stub) == set(range(20))
+
+
+def test_a_gzip_bomb_is_refused_within_the_cap(small_gateway: httpx.Client) -> None:
+    bomb = gzip.compress(b'{"type": "' + b" " * 3_000_000 + b'"}', compresslevel=9)
+    assert len(bomb) < 4096
+
+    response = small_gateway.post("/mparticle", content=bomb, headers={"Content-Encoding": "gzip"})
+
+    assert_error(response, 413, "body_too_large", None)
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding", "status", "code"),
+    [
+        (b"not gzip at all", "gzip", 400, "invalid_gzip"),
+        (gzip.compress(b'{"type": "x"}')[:-12], "gzip", 400, "invalid_gzip"),
+        (b"{}", "br", 415, "unsupported_encoding"),
+    ],
+    ids=["garbage", "truncated", "brotli"],
+)
+def test_bad_encodings(
+    small_gateway: httpx.Client, content: bytes, encoding: str, status: int, code: str
+) -> None:
+    response = small_gateway.post(
+        "/mparticle", content=content, headers={"Content-Encoding": encoding}
+    )
+
+    assert_error(response, status, code, None)
