@@ -76,21 +76,26 @@ class EmbeddedRedis:
         With port 0 a free port is picked, and picked again should another process take it
         first.
         """
-        attempts = 3 if self.port == 0 else 1
-        for _ in range(attempts):
-            port = self.port or free_port()
-            self.process = subprocess.Popen(
-                self._command(port),
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            if self._wait_ready(port, timeout_seconds):
-                self.port = port
-                _LOGGER.info("embedded redis ready", extra={"binary": self.binary, "port": port})
+        pick_port = self.port == 0
+        for _ in range(3 if pick_port else 1):
+            if pick_port:
+                self.port = free_port()
+            self.launch()
+            if self._wait_ready(self.port, timeout_seconds):
+                _LOGGER.info(
+                    "embedded redis ready", extra={"binary": self.binary, "port": self.port}
+                )
                 return self
             self.stop()
 
         raise EmbeddedRedisError(f"{self.binary} did not start on 127.0.0.1")
+
+    def launch(self) -> None:
+        """Start the server on its port (which must be set) without waiting for it."""
+        assert self.port, "launch() needs a port; start() picks one"
+        self.process = subprocess.Popen(
+            self._command(self.port), stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     def stop(self, timeout_seconds: float = 10.0) -> None:
         """Stop the server (it flushes its append-only file first) and wait for it."""

@@ -1,3 +1,4 @@
+import signal
 import sys
 
 import uvicorn
@@ -26,6 +27,10 @@ def main() -> None:
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         )
     )
+    # uvicorn drains on SIGTERM and SIGINT, then raises the signal again for the handlers it
+    # found; these make that second delivery a no-op, so an orderly stop exits with 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     asyncio_runner.run(server.serve())
 
 
