@@ -148,7 +148,7 @@ def keys_revoke(ctx: Context, account: str, key_id: str) -> None:
     reply = ctx.call(
         "keys", "RevokeKey", keys_pb2.RevokeKeyRequest(account_id=account, key_id=key_id)
     )
-    ctx.emit(reply, lambda: click.echo(f"Key {reply.key.prefix} revoked."))
+    ctx.emit(reply, lambda: click.echo(f"Key {reply.key.key_id} ({reply.key.prefix}) revoked."))
 
 
 @cli.group()

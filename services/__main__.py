@@ -19,7 +19,7 @@ from types import FrameType
 from services.common import logs
 from services.common.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 
-_LOGGER = logging.getLogger("services.run")
+_LOGGER = logging.getLogger("services.__main__")
 
 # Start order; they stop in the reverse order.
 SERVICES = ("keys", "audience", "segment", "gateway")
