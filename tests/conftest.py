@@ -80,7 +80,12 @@ class Stack:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     async def _start(self) -> None:
-        common = {"redis_url": self.redis_url, "port": 0, "readiness_interval_seconds": 0.2}
+        common = {
+            "redis_url": self.redis_url,
+            "port": 0,
+            "metrics_port": 0,
+            "readiness_interval_seconds": 0.2,
+        }
         self.servers["keys"] = await create_keys_server(KeysSettings(**common))
         self.servers["audience"] = await create_audience_server(
             AudienceSettings(**common, cleanup_idle_seconds=0.05)

@@ -33,6 +33,7 @@ class ProcessSuite:
         self.redis = EmbeddedRedis(data_dir=data_dir / "redis")
         self.redis.extra_args = _debug_command_args(self.redis.binary)
         self.ports = {name: free_port() for name in SERVICES}
+        self.metrics_ports = {name: free_port() for name in SERVICES if name != "gateway"}
         self.logs = data_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -45,10 +46,13 @@ class ProcessSuite:
             GATEWAY_PORT=str(self.ports["gateway"]),
             KEYS_TARGET=f"127.0.0.1:{self.ports['keys']}",
             AUDIENCE_TARGET=f"127.0.0.1:{self.ports['audience']}",
+            KEYS_METRICS_PORT=str(self.metrics_ports["keys"]),
+            AUDIENCE_METRICS_PORT=str(self.metrics_ports["audience"]),
+            SEGMENT_METRICS_PORT=str(self.metrics_ports["segment"]),
             READINESS_INTERVAL_SECONDS="0.2",
             SHUTDOWN_GRACE_SECONDS="5",
-            **env,
         )
+        self.env.update(env)
 
     @property
     def gateway_url(self) -> str:

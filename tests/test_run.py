@@ -24,6 +24,9 @@ def suite_env(tmp_path: Path) -> dict[str, str]:
         AUDIENCE_PORT=str(free_port()),
         SEGMENT_PORT=str(free_port()),
         GATEWAY_PORT=str(free_port()),
+        KEYS_METRICS_PORT=str(free_port()),
+        AUDIENCE_METRICS_PORT=str(free_port()),
+        SEGMENT_METRICS_PORT=str(free_port()),
     )
     env["KEYS_TARGET"] = f"127.0.0.1:{env['KEYS_PORT']}"
     env["AUDIENCE_TARGET"] = f"127.0.0.1:{env['AUDIENCE_PORT']}"

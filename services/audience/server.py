@@ -31,6 +31,7 @@ async def create_server(settings: AudienceSettings) -> GrpcServer:
         ],
         readiness=partial(redis_helpers.is_ready, client),
         readiness_interval_seconds=settings.readiness_interval_seconds,
+        metrics_port=settings.metrics_port,
         background=[partial(clean_up_removed_audiences, store, settings.cleanup_idle_seconds)],
         on_stop=[client.aclose],
     )

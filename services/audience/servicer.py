@@ -1,4 +1,5 @@
 import grpc
+from prometheus_client import Counter
 
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from services.audience.store import AudienceRecord, AudienceStore, BadPageToken, now_ms
@@ -12,6 +13,18 @@ DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
 
 _Action = audience_pb2.SubscriptionAction
+
+MEMBERSHIPS_ADDED = Counter(
+    "audience_memberships_added_total", "Memberships created, by account.", ["account"]
+)
+MEMBERSHIPS_REMOVED = Counter(
+    "audience_memberships_removed_total", "Memberships deleted, by account.", ["account"]
+)
+CHANGES_STALE = Counter(
+    "audience_changes_stale_total",
+    "Membership changes ignored because a newer change was applied first, by account.",
+    ["account"],
+)
 
 
 class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
@@ -84,6 +97,9 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
         result = await self._store.apply_changes(
             request.account_id, request.connector_id, changes, source_time
         )
+        MEMBERSHIPS_ADDED.labels(request.account_id).inc(result.added)
+        MEMBERSHIPS_REMOVED.labels(request.account_id).inc(result.removed)
+        CHANGES_STALE.labels(request.account_id).inc(result.stale)
         return audience_pb2.ApplyMembershipChangesResponse(
             added=result.added,
             removed=result.removed,

@@ -13,12 +13,13 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import asyncio_runner, logs
+from services.common import asyncio_runner, logs, metrics
 from services.common.interceptors import ServerInterceptor
 from services.common.settings import BaseServiceSettings, SettingsError
 
@@ -52,13 +53,16 @@ class GrpcServer:
         *,
         readiness: ReadinessCheck,
         readiness_interval_seconds: float = 1.0,
+        metrics_port: int | None = None,
         background: Sequence[Callable[[], Awaitable[None]]] = (),
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         """Build (not start) a server for ``bindings`` on ``address`` ("host:port").
 
         ``readiness`` is polled every ``readiness_interval_seconds``; the health status of the
-        server and of each service follows it. ``background`` loops run while the server
+        server and of each service follows it. Prometheus metrics are served over HTTP on the
+        address's host and ``metrics_port`` (0 picks one; None serves none; read
+        ``metrics_port`` back after start). ``background`` loops run while the server
         serves and are cancelled when it stops. ``on_stop`` runs after the last call finished.
         """
         self.name = name
@@ -66,6 +70,9 @@ class GrpcServer:
         self._bindings = bindings
         self._readiness = readiness
         self._interval = readiness_interval_seconds
+        self._host = address.rpartition(":")[0]
+        self.metrics_port = metrics_port
+        self._metrics_server: WSGIServer | None = None
         self._background = background
         self._on_stop = on_stop
         self._tasks: list[asyncio.Task[None]] = []
@@ -95,6 +102,9 @@ class GrpcServer:
         """Start serving; health says NOT_SERVING until the first readiness check passes."""
         await self.health.set(LIVENESS, SERVING)
         await self._set_health(NOT_SERVING)
+        if self.metrics_port is not None:
+            self._metrics_server = metrics.serve(self._host, self.metrics_port)
+            self.metrics_port = self._metrics_server.server_port
         await self.server.start()
         await self._check_readiness()
         loops = [self._follow_readiness, *self._background]
@@ -116,6 +126,9 @@ class GrpcServer:
 
         for release in self._on_stop:
             await release()
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.shutdown)
+            self._metrics_server.server_close()
         _LOGGER.info("stopped")
 
     async def wait_for_termination(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from services.common import logs
+from services.common import logs, metrics
 from services.common.redis import TRANSIENT_ERRORS
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def _request_id(metadata: Any) -> str:
 def _wrap(method: str, request_id: str, behavior: Behavior) -> Behavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         token = logs.request_id.set(request_id)
+        account_token = logs.account.set(getattr(request, "account_id", ""))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -65,6 +66,7 @@ def _wrap(method: str, request_id: str, behavior: Behavior) -> Behavior:
             raise
         except TRANSIENT_ERRORS as exc:
             code = grpc.StatusCode.UNAVAILABLE
+            metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
             _LOGGER.warning("storage unavailable", extra={"error": type(exc).__name__})
             await context.abort(code, "storage unavailable, retry later")
         except Exception:
@@ -72,13 +74,18 @@ def _wrap(method: str, request_id: str, behavior: Behavior) -> Behavior:
             _LOGGER.exception("unexpected error")
             await context.abort(code, "internal error")
         finally:
-            _log_rpc(method, code, started, request)
+            elapsed = time.perf_counter() - started
+            metrics.RPCS_HANDLED.labels(service, name, code.name).inc()
+            metrics.RPC_SECONDS.labels(service, name).observe(elapsed)
+            _log_rpc(method, code, elapsed)
+            logs.account.reset(account_token)
             logs.request_id.reset(token)
 
+    service, _, name = method.lstrip("/").partition("/")
     return handle
 
 
-def _log_rpc(method: str, code: grpc.StatusCode, started: float, request: Any) -> None:
+def _log_rpc(method: str, code: grpc.StatusCode, elapsed: float) -> None:
     level = logging.ERROR if code in _SERVER_FAULTS else logging.INFO
     if _LOGGER.isEnabledFor(level):
         _LOGGER.log(
@@ -87,8 +94,8 @@ def _log_rpc(method: str, code: grpc.StatusCode, started: float, request: Any) -
             extra={
                 "method": method,
                 "code": code.name,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                "account": getattr(request, "account_id", ""),
+                "duration_ms": round(elapsed * 1000, 3),
+                "account": logs.account.get(),
             },
         )
 

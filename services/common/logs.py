@@ -12,6 +12,8 @@ from pythonjsonlogger.json import JsonFormatter
 
 # The request id of the HTTP request or RPC this task is serving.
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# The account it concerns, once known; for the request's summary line.
+account: contextvars.ContextVar[str] = contextvars.ContextVar("account", default="")
 
 
 class _RequestIdFilter(logging.Filter):

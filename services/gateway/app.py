@@ -15,7 +15,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+import prometheus_client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -27,7 +29,7 @@ from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from protos.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.common import grpc_client, logs
 from services.common.interceptors import REQUEST_ID_HEADER
-from services.gateway import firehose
+from services.gateway import firehose, metrics
 from services.gateway.errors import ApiError
 from services.gateway.registration import FIREHOSE_VERSION, registration_body
 from services.gateway.settings import GatewaySettings
@@ -78,6 +80,7 @@ class MparticleEndpoint:
 
     async def __call__(self, request: Request) -> Response:
         if self._in_flight >= self._settings.max_in_flight:
+            metrics.SHED.inc()
             _LOGGER.warning("shedding load", extra={"in_flight": self._in_flight})
             return ApiError(
                 429, "overloaded", "too many requests in flight, retry later"
@@ -121,6 +124,7 @@ class MparticleEndpoint:
         message = firehose.read_subscription(document)
         owner = await self._authenticate(request, message.account)
         if owner is None:
+            metrics.KEYS_REJECTED.labels(firehose.SUBSCRIPTION).inc()
             raise ApiError(
                 401,
                 "invalid_api_key",
@@ -152,6 +156,7 @@ class MparticleEndpoint:
         message, batch = firehose.read_membership(document)
         owner = await self._authenticate(request, message.account)
         if owner is None:
+            metrics.KEYS_REJECTED.labels(firehose.MEMBERSHIP).inc()
             # A broken configuration, not a passing fault: mParticle stops sending until the
             # customer fixes the key and resumes the connection.
             _LOGGER.info("membership change with an invalid key; asking to suspend")
@@ -161,6 +166,8 @@ class MparticleEndpoint:
         request.state.account = owner.account_id
 
         if batch.skipped_profiles or batch.skipped_entries:
+            metrics.SKIPPED.labels("profile").inc(batch.skipped_profiles)
+            metrics.SKIPPED.labels("entry").inc(batch.skipped_entries)
             _LOGGER.warning(
                 "skipped invalid parts of a membership change",
                 extra={
@@ -178,12 +185,13 @@ class MparticleEndpoint:
                 )
 
         if batch.latest:
+            changes = _membership_request(owner, batch, envelope.timestamp_ms or 0)
             await self._call(
-                request,
-                "audience",
-                self._upstreams.audience.ApplyMembershipChanges,
-                _membership_request(owner, batch, envelope.timestamp_ms or 0),
+                request, "audience", self._upstreams.audience.ApplyMembershipChanges, changes
             )
+            for entry in changes.audiences:
+                metrics.MEMBERSHIP_CHANGES.labels("add").inc(len(entry.add_mpids))
+                metrics.MEMBERSHIP_CHANGES.labels("delete").inc(len(entry.delete_mpids))
         return _reply(
             envelope, "audience_membership_change_response", {"suspend_subscription": False}
         )
@@ -202,12 +210,14 @@ class MparticleEndpoint:
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNAUTHENTICATED:
                 return None
+            metrics.UPSTREAM_ERRORS.labels("keys", error.code().name).inc()
             raise ApiError.from_grpc(error, "keys") from None
 
     async def _call(self, request: Request, upstream: str, method: Any, message: Any) -> Any:
         try:
             return await method(message, timeout=_time_left(request))
         except grpc.aio.AioRpcError as error:
+            metrics.UPSTREAM_ERRORS.labels(upstream, error.code().name).inc()
             _LOGGER.warning(
                 "upstream call failed", extra={"upstream": upstream, "code": error.code().name}
             )
@@ -338,19 +348,35 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
             state = scope.get("state", {})
+            route = scope["path"] if scope["path"] in _ROUTES else "other"
+            message_type = _known_type(state.get("message_type", ""))
+            metrics.REQUESTS.labels(route, message_type, str(status)).inc()
+            metrics.REQUEST_SECONDS.labels(route, message_type).observe(elapsed)
             _LOGGER.info(
                 "request",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "message_type": state.get("message_type", ""),
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "message_type": message_type,
                     "account": state.get("account", ""),
                 },
             )
             logs.request_id.reset(token)
+
+
+_ROUTES = frozenset({"/mparticle", "/healthz", "/readyz", "/metrics"})
+_MESSAGE_TYPES = frozenset({firehose.REGISTRATION, firehose.SUBSCRIPTION, firehose.MEMBERSHIP})
+
+
+def _known_type(message_type: object) -> str:
+    """The message type as a metric label: one of ours, or "other" (never a sender's text)."""
+    if not message_type:
+        return ""
+    return message_type if message_type in _MESSAGE_TYPES else "other"
 
 
 def _incoming_request_id(scope: Scope) -> str:
@@ -383,11 +409,15 @@ def create_app(settings: GatewaySettings) -> Starlette:
         body = {"status": "ready" if ready else "not ready", "upstreams": upstreams}
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(prometheus_client.generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(
         routes=[
             Route("/mparticle", mparticle, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         middleware=[Middleware(AccessLog)],
         lifespan=lifespan,

@@ -26,5 +26,6 @@ async def create_server(settings: KeysSettings) -> GrpcServer:
         ],
         readiness=partial(redis_helpers.is_ready, client),
         readiness_interval_seconds=settings.readiness_interval_seconds,
+        metrics_port=settings.metrics_port,
         on_stop=[client.aclose],
     )

@@ -1,8 +1,14 @@
 import grpc
+from prometheus_client import Counter
 
 from protos.keys.v1 import keys_pb2, keys_pb2_grpc
+from services.common import logs
 from services.common.validation import require_id
 from services.keys.store import KeyRecord, KeyStore
+
+KEY_VALIDATIONS = Counter(
+    "keys_validations_total", "API key validations, by outcome (valid or rejected).", ["outcome"]
+)
 
 
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
@@ -23,8 +29,11 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     ) -> keys_pb2.ValidateKeyResponse:
         record = await self._store.authenticate(request.plaintext)
         if record is None:
+            KEY_VALIDATIONS.labels("rejected").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
 
+        KEY_VALIDATIONS.labels("valid").inc()
+        logs.account.set(record.account_id)
         return keys_pb2.ValidateKeyResponse(
             account_id=record.account_id, connector_id=record.connector_id, key_id=record.key_id
         )

@@ -33,5 +33,6 @@ async def create_server(settings: SegmentSettings) -> GrpcServer:
         ],
         readiness=partial(redis_helpers.is_ready, client),
         readiness_interval_seconds=settings.readiness_interval_seconds,
+        metrics_port=settings.metrics_port,
         on_stop=[audience_channel.close, client.aclose],
     )

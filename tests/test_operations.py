@@ -1,0 +1,240 @@
+"""Operating the suite as real processes: request ids across services, logs without
+secrets, metrics under faults, and an orderly SIGTERM under continuous traffic."""
+
+import json
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from protos.audience.v1 import audience_pb2, audience_pb2_grpc
+from protos.segment.v1 import segment_pb2, segment_pb2_grpc
+from tests.conftest import fixture_json
+from tests.processes import ProcessSuite
+
+GRACE_SECONDS = 5.0
+RETRIED = {429, 500, 502, 503, 504}
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Iterator[ProcessSuite]:
+    running = ProcessSuite(tmp_path, SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS)).start()
+    yield running
+    running.stop()
+
+
+def log_lines(suite: ProcessSuite, service: str) -> list[dict]:
+    return [json.loads(line) for line in suite.log(service).splitlines() if line.startswith("{")]
+
+
+def test_a_request_id_reaches_every_service_and_no_secret_is_logged(suite: ProcessSuite) -> None:
+    api_key = suite.create_api_key()
+    body = fixture_json("05_membership_change_multi_user.json", api_key)
+
+    response = httpx.post(
+        f"{suite.gateway_url}/mparticle", json=body, headers={"X-Request-Id": "trace-42"}
+    )
+    segment = suite.stub("segment", segment_pb2_grpc.SegmentServiceStub)
+    segment.ListSegments(
+        segment_pb2.ListSegmentsRequest(account_id="acme"), metadata=[("x-request-id", "trace-43")]
+    )
+    generated = httpx.post(f"{suite.gateway_url}/mparticle", json=body).headers["x-request-id"]
+    time.sleep(0.2)
+
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "trace-42"
+    assert len(generated) >= 16
+    for service, request_id, message in (
+        ("gateway", "trace-42", "request"),
+        ("keys", "trace-42", "rpc"),
+        ("audience", "trace-42", "rpc"),
+        ("segment", "trace-43", "rpc"),
+        ("audience", "trace-43", "rpc"),
+        ("gateway", generated, "request"),
+        ("audience", generated, "rpc"),
+    ):
+        lines = [
+            line
+            for line in log_lines(suite, service)
+            if line.get("request_id") == request_id and line["message"] == message
+        ]
+        assert lines, (service, request_id)
+        assert all(line.get("account") == "acme" for line in lines)
+    everything = "".join(suite.log(s) for s in ("gateway", "keys", "audience", "segment"))
+    assert api_key not in everything
+    assert api_key[len("ak_") + 12 + 1 :] not in everything
+    for mpid in ("4107729618823040185", "6529143021980561334", "733018846211"):
+        assert mpid not in everything
+
+
+def test_log_level_is_set_by_configuration(tmp_path: Path) -> None:
+    suite = ProcessSuite(tmp_path, LOG_LEVEL="WARNING").start()
+    try:
+        httpx.post(
+            f"{suite.gateway_url}/mparticle",
+            json=fixture_json("01_module_registration_request.json"),
+        )
+        time.sleep(0.2)
+    finally:
+        suite.stop()
+
+    levels = {line["level"] for s in ("gateway", "keys") for line in log_lines(suite, s)}
+    assert levels <= {"WARNING", "ERROR", "CRITICAL"}
+
+
+def test_redis_errors_and_shed_requests_are_counted(tmp_path: Path) -> None:
+    suite = ProcessSuite(tmp_path, GATEWAY_MAX_IN_FLIGHT="1").start()
+    try:
+        api_key = suite.create_api_key()
+        body = fixture_json("06_membership_change_mpid_only.json", api_key)
+        suite.redis.stop()
+        outcomes = []
+
+        def post() -> None:
+            outcomes.append(httpx.post(f"{suite.gateway_url}/mparticle", json=body).status_code)
+
+        threads = [threading.Thread(target=post) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        gateway = httpx.get(f"{suite.gateway_url}/metrics").text
+        keys = httpx.get(f"http://127.0.0.1:{suite.metrics_ports['keys']}/metrics").text
+    finally:
+        suite.stop()
+
+    assert set(outcomes) <= {429, 503} and 503 in outcomes
+    shed = outcomes.count(429)
+    assert f"gateway_requests_shed_total {float(shed)}" in gateway
+    assert 'redis_errors_total{error="ConnectionError"}' in keys
+
+
+class Traffic:
+    """Sends membership changes from several threads until stopped; sorts every outcome."""
+
+    def __init__(self, suite: ProcessSuite, threads: int = 4) -> None:
+        self.suite = suite
+        self.api_key = suite.create_api_key()
+        self.outcomes: Counter[str] = Counter()
+        self.accepted: set[int] = set()
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._sending = threading.Event()
+        self._sending.set()
+        self._lock = threading.Lock()
+        self._next = 1
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def __enter__(self) -> "Traffic":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def hold(self) -> None:
+        """Stop sending new requests, as a load balancer does once an endpoint is removed."""
+        self._sending.clear()
+        time.sleep(0.3)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._sending.wait(0.05):
+                continue
+            with self._lock:
+                mpid = self._next
+                self._next += 1
+            body = fixture_json("06_membership_change_mpid_only.json", self.api_key)
+            body["user_profiles"] = [
+                {"mpid": str(mpid), "audiences": [{"audience_id": 7, "action": "add"}]}
+            ]
+            try:
+                response = httpx.post(f"{self.suite.gateway_url}/mparticle", json=body, timeout=10)
+            except httpx.ConnectError:
+                self.outcomes["refused"] += 1
+                time.sleep(0.05)
+                continue
+            except httpx.HTTPError as exc:
+                self.failures.append(f"{mpid}: {exc!r}")
+                continue
+
+            if response.status_code == 200:
+                self.outcomes["ok"] += 1
+                with self._lock:
+                    self.accepted.add(mpid)
+            elif response.status_code in RETRIED and response.headers.get("retry-after"):
+                self.outcomes["retried"] += 1
+            else:
+                self.failures.append(f"{mpid}: {response.status_code} {response.text}")
+
+
+def stop_and_time(suite: ProcessSuite, service: str) -> tuple[int, float]:
+    started = time.monotonic()
+    suite.signal(service, signal.SIGTERM)
+    code = suite.processes[service].wait(GRACE_SECONDS + 10)
+    return code, time.monotonic() - started
+
+
+def slow_upload(suite: ProcessSuite, api_key: str, result: list[httpx.Response]) -> None:
+    """A request whose body trickles in over a second: in flight while the gateway stops."""
+    body = fixture_json("06_membership_change_mpid_only.json", api_key)
+    body["user_profiles"] = [{"mpid": "-42", "audiences": [{"audience_id": 7, "action": "add"}]}]
+    content = json.dumps(body).encode()
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(content), 32):
+            yield content[start : start + 32]
+            time.sleep(1.0 / (len(content) / 32))
+
+    result.append(httpx.post(f"{suite.gateway_url}/mparticle", content=chunks(), timeout=10))
+
+
+def test_sigterm_under_traffic_loses_nothing_and_exits_0(suite: ProcessSuite) -> None:
+    exits = {}
+    with Traffic(suite) as traffic:
+        time.sleep(0.5)
+        for service in ("keys", "audience", "segment"):
+            exits[service] = stop_and_time(suite, service)
+            suite.start_service(service)
+            suite.wait_ready()
+            time.sleep(0.5)
+
+        traffic.hold()
+        slow: list[httpx.Response] = []
+        uploader = threading.Thread(target=slow_upload, args=(suite, traffic.api_key, slow))
+        uploader.start()
+        time.sleep(0.3)
+        exits["gateway"] = stop_and_time(suite, "gateway")
+        uploader.join()
+
+    assert traffic.failures == []
+    assert traffic.outcomes["ok"] > 20
+    assert [r.status_code for r in slow] == [200]
+    for service, (code, seconds) in exits.items():
+        assert code == 0, (service, suite.log(service)[-2000:])
+        assert seconds < GRACE_SECONDS, service
+    suite.start_service("gateway")
+    suite.wait_ready()
+    assert traffic.accepted | {-42} <= stored_members(suite)
+
+
+def stored_members(suite: ProcessSuite) -> set[int]:
+    stub = suite.stub("audience", audience_pb2_grpc.AudienceServiceStub)
+    members: set[int] = set()
+    token = ""
+    while True:
+        page = stub.ListMembers(
+            audience_pb2.ListMembersRequest(account_id="acme", audience_id=7, page_token=token)
+        )
+        members.update(page.mpids)
+        token = page.next_page_token
+        if not token:
+            return members
