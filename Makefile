@@ -5,13 +5,15 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/*/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto proto-check lint format run test clean
+.PHONY: help install proto proto-check lint format run test k8s-check clean
 
 help:
 	@echo "make run          start Redis and the four services (gateway on http://127.0.0.1:8080)"
 	@echo "make test         install, check generated code and lint, run the test suite"
 	@echo "make proto        regenerate the Python stubs from protos/"
 	@echo "make proto-check  prove the committed stubs match protos/"
+	@echo "make k8s-check    render deploy/k8s and its overlays, validate them offline against"
+	@echo "                  the Kubernetes schemas, and check that they agree with the code"
 	@echo "make lint         ruff check and format check"
 	@echo "make format       ruff fix and format"
 
@@ -48,7 +50,10 @@ format: install
 run: install
 	$(PY) -m services
 
-test: install proto-check lint
+k8s-check: install
+	$(PY) -m deploy.k8s_check
+
+test: install proto-check lint k8s-check
 	$(PY) -m pytest
 
 clean:

@@ -28,12 +28,14 @@ def channel(target: str) -> grpc.aio.Channel:
     """An insecure channel to ``target`` ("host:port" or any gRPC target string).
 
     Calls on it fail fast while the peer is down (no wait-for-ready), so a caller can turn
-    that into a retried answer at once.
+    that into a retried answer at once. Calls are spread over every address the target
+    resolves to (``dns:///<headless service>:<port>`` on Kubernetes).
     """
     return grpc.aio.insecure_channel(
         target,
         interceptors=[_RequestIdInterceptor()],
         options=[
+            ("grpc.lb_policy_name", "round_robin"),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),

@@ -1,0 +1,167 @@
+"""make k8s-check catches each kind of mistake: a missing setting, a wrong port, a missing
+NetworkPolicy edge, a root container, an object the schema refuses."""
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from deploy import k8s_check
+
+Objects = list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def base() -> Objects:
+    return k8s_check.render(k8s_check.REPO / "deploy" / "k8s")
+
+
+def find(objects: Objects, kind: str, name: str) -> dict[str, Any]:
+    found = k8s_check._find(objects, kind, name)
+    assert found is not None, (kind, name)
+    return found
+
+
+def container(objects: Objects, name: str) -> dict[str, Any]:
+    return find(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def problems_after(base: Objects, change: Callable[[Objects], None]) -> list[str]:
+    objects = copy.deepcopy(base)
+    change(objects)
+    return k8s_check.check(objects)
+
+
+@pytest.mark.parametrize("target", k8s_check.TARGETS, ids=lambda p: p.name)
+def test_the_manifests_pass(target: Any) -> None:
+    assert k8s_check.check(k8s_check.render(target)) == []
+
+
+def test_a_missing_setting_is_caught(base: Objects) -> None:
+    def drop_redis_url(objects: Objects) -> None:
+        del find(objects, "ConfigMap", "mparticle-audiences")["data"]["REDIS_URL"]
+
+    problems = problems_after(base, drop_redis_url)
+
+    assert "Deployment/keys/keys: does not set REDIS_URL, which services.keys reads at start" in (
+        problems
+    )
+    assert any("Deployment/audience/audience: does not set REDIS_URL" in p for p in problems)
+
+
+def test_a_secret_setting_left_out_of_a_deployment_is_caught(base: Objects) -> None:
+    problems = problems_after(base, lambda o: container(o, "gateway").pop("env"))
+
+    assert problems == [
+        "Deployment/gateway/gateway: does not set MPARTICLE_TOKEN, which services.gateway "
+        "reads at start"
+    ]
+
+
+def test_a_malformed_setting_is_caught(base: Objects) -> None:
+    def bad_port(objects: Objects) -> None:
+        find(objects, "ConfigMap", "mparticle-audiences")["data"]["SEGMENT_PORT"] = "http"
+
+    assert any("bad setting SEGMENT_PORT" in p for p in problems_after(base, bad_port))
+
+
+def test_a_probe_on_the_wrong_port_is_caught(base: Objects) -> None:
+    def wrong_probe(objects: Objects) -> None:
+        container(objects, "audience")["readinessProbe"]["grpc"]["port"] = 50059
+
+    assert problems_after(base, wrong_probe) == [
+        "Deployment/audience/audience: readinessProbe uses port 50059, which nothing binds"
+    ]
+
+
+def test_a_service_targeting_an_unserved_port_is_caught(base: Objects) -> None:
+    def wrong_target(objects: Objects) -> None:
+        find(objects, "Service", "keys")["spec"]["ports"][0]["targetPort"] = 50052
+
+    problems = problems_after(base, wrong_target)
+
+    assert "Service/keys: port 50051 targets 50052, which Deployment/keys/keys does not serve" in (
+        problems
+    )
+
+
+def test_a_server_moved_to_another_port_is_caught(base: Objects) -> None:
+    def move(objects: Objects) -> None:
+        find(objects, "ConfigMap", "mparticle-audiences")["data"]["KEYS_PORT"] = "50061"
+
+    problems = problems_after(base, move)
+
+    assert "Deployment/keys/keys: the server binds 50061, but no container port declares it" in (
+        problems
+    )
+    assert "Deployment/keys/keys: container port 50051 is not a port the server binds" in problems
+
+
+def test_a_missing_network_edge_is_caught(base: Objects) -> None:
+    def drop_edge(objects: Objects) -> None:
+        objects.remove(find(objects, "NetworkPolicy", "ingress-audience-from-segment"))
+
+    assert problems_after(base, drop_edge) == [
+        "NetworkPolicy: segment calls audience:50052, but no ingress allows it"
+    ]
+
+
+def test_an_edge_the_code_never_uses_is_caught(base: Objects) -> None:
+    def open_redis_to_gateway(objects: Objects) -> None:
+        policy = copy.deepcopy(find(objects, "NetworkPolicy", "ingress-redis-from-keys"))
+        policy["metadata"]["name"] = "ingress-redis-from-gateway"
+        policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] = {
+            "app.kubernetes.io/name": "gateway"
+        }
+        objects.append(policy)
+
+    assert problems_after(base, open_redis_to_gateway) == [
+        "NetworkPolicy: allows gateway -> redis:6379, a call the code never makes"
+    ]
+
+
+def test_a_missing_default_deny_is_caught(base: Objects) -> None:
+    problems = problems_after(base, lambda o: o.remove(find(o, "NetworkPolicy", "default-deny")))
+
+    assert problems == [
+        "no default-deny NetworkPolicy (podSelector {}, Ingress and Egress, no rules)"
+    ]
+
+
+def test_a_root_container_is_caught(base: Objects) -> None:
+    def run_as_root(objects: Objects) -> None:
+        pod = find(objects, "Deployment", "gateway")["spec"]["template"]["spec"]
+        pod["securityContext"]["runAsUser"] = 0
+
+    assert problems_after(base, run_as_root) == [
+        "Deployment/gateway/gateway: runs as root (runAsUser is 0 or unset)"
+    ]
+
+
+def test_other_hardening_slips_are_caught(base: Objects) -> None:
+    def loosen(objects: Objects) -> None:
+        context = container(objects, "segment")["securityContext"]
+        context["readOnlyRootFilesystem"] = False
+        context["capabilities"] = {"drop": []}
+        del container(objects, "segment")["resources"]["limits"]
+        find(objects, "Deployment", "keys")["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ] = 5
+
+    problems = problems_after(base, loosen)
+
+    assert "Deployment/segment/segment: the root filesystem is writable" in problems
+    assert "Deployment/segment/segment: does not drop all capabilities" in problems
+    assert "Deployment/segment/segment: no cpu limits" in problems
+    assert any("Deployment/keys/keys: terminationGracePeriodSeconds 5" in p for p in problems)
+
+
+def test_an_object_the_schema_refuses_is_caught(base: Objects) -> None:
+    def typo(objects: Objects) -> None:
+        container(objects, "keys")["imagePullPolicyy"] = "Always"
+
+    problems = problems_after(base, typo)
+
+    assert len(problems) == 1
+    assert problems[0].startswith("Deployment/keys: not valid for Kubernetes 1.37.0")
