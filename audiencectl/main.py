@@ -325,8 +325,13 @@ def _time(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _cell(value: Any) -> str:
+    """Text as one table cell: control characters (a newline in a name) are escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(value))
+
+
 def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    cells = [tuple(str(c) for c in headers), *(tuple(str(c) for c in row) for row in rows)]
+    cells = [tuple(map(_cell, headers)), *(tuple(map(_cell, row)) for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -198,6 +198,7 @@ def _to_proto(record: AudienceRecord) -> audience_pb2.Audience:
         name=record.name,
         description=record.description,
         connector_id=record.connector_id,
+        connector_ids=record.connector_ids,
         subscribed=record.subscribed,
         member_count=record.member_count,
         created_at_ms=record.created_at_ms,

@@ -6,8 +6,9 @@ stays within one Redis Cluster hash slot; accounts spread across a cluster's sha
   au:idx:{A}               hash   audience id -> incarnation id (live audiences only)
   au:live:{A}              hash   incarnation id -> audience id
   au:seq:{A}               string last incarnation id issued
-  au:meta:{A}:<aid>        hash   iid, name, description, connector, subscribed, members,
-                                  created, updated (ms), settings (JSON)
+  au:meta:{A}:<aid>        hash   iid, name, description, connector (last), connectors
+                                  (space-separated), subscribed, members, created, updated
+                                  (ms), settings (JSON), hw and subts (source times, ms)
   au:mem:{A}:<iid>:<b>     set    MPIDs of one bucket (0-4095) of an audience's members
   au:usr:{A}:<mpid>        set    incarnation ids of the audiences an MPID is in
   au:ts:{A}:<iid>:<g>:<n>  hash   MPID -> source time (ms) of its last change, for changes
@@ -34,7 +35,7 @@ generations of one window each, and each generation expires after two windows.
 import base64
 import binascii
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -42,6 +43,8 @@ import orjson
 import redis.asyncio
 
 BUCKETS = 4096
+# Membership changes applied by one script call: a few milliseconds of Redis time.
+APPLY_STEP = 2000
 CLEANUP_ACCOUNTS = "au:gc-accounts"
 
 
@@ -51,6 +54,7 @@ class AudienceRecord:
     name: str
     description: str
     connector_id: str
+    connector_ids: list[str]
     subscribed: bool
     member_count: int
     created_at_ms: int
@@ -147,23 +151,31 @@ class AudienceStore:
         changes: list[tuple[int, str, Sequence[int], Sequence[int]]],
         source_time_ms: int,
     ) -> ChangeResult:
-        """Apply (audience id, name, added MPIDs, deleted MPIDs) tuples in one atomic step,
-        each change ignored if a newer change to its membership was applied before."""
-        tag = _tag(account_id)
-        now = now_ms()
-        args: list[str | int] = [
-            tag,
-            now,
-            connector_id,
-            len(changes),
-            source_time_ms,
-            now // self._window_ms,
-            self._stamp_ttl_seconds,
-        ]
-        for audience_id, name, adds, deletes in changes:
-            args += (audience_id, name, " ".join(map(str, adds)), " ".join(map(str, deletes)))
+        """Apply (audience id, name, added MPIDs, deleted MPIDs) tuples, each change ignored
+        if a newer change to its membership was applied before.
 
-        added, removed, stale = await self._apply(keys=[f"au:idx:{tag}"], args=args)
+        Each step of at most APPLY_STEP changes is atomic, so that Redis is never blocked
+        for long; if a later step fails, the earlier ones stay applied, and applying the
+        batch again changes nothing more than applying it once.
+        """
+        tag = _tag(account_id)
+        added = removed = stale = 0
+        for step in _steps(changes, APPLY_STEP):
+            now = now_ms()
+            args: list[str | int] = [
+                tag,
+                now,
+                connector_id,
+                len(step),
+                source_time_ms,
+                now // self._window_ms,
+                self._stamp_ttl_seconds,
+            ]
+            for audience_id, name, adds, deletes in step:
+                args += (audience_id, name, " ".join(map(str, adds)), " ".join(map(str, deletes)))
+
+            counts = await self._apply(keys=[f"au:idx:{tag}"], args=args)
+            added, removed, stale = added + counts[0], removed + counts[1], stale + counts[2]
         return ChangeResult(added=added, removed=removed, stale=stale)
 
     async def user_audiences(self, account_id: str, mpid: int) -> list[int]:
@@ -248,6 +260,28 @@ class AudienceStore:
         return pending
 
 
+Changes = list[tuple[int, str, Sequence[int], Sequence[int]]]
+
+
+def _steps(changes: Changes, size: int) -> Iterator[Changes]:
+    """Split changes into steps of at most ``size`` memberships, keeping their order."""
+    step: Changes = []
+    room = size
+    for audience_id, name, adds, deletes in changes:
+        adds, deletes = list(adds), list(deletes)
+        while adds or deletes:
+            take_adds = adds[:room]
+            take_deletes = deletes[: room - len(take_adds)]
+            step.append((audience_id, name, take_adds, take_deletes))
+            adds, deletes = adds[len(take_adds) :], deletes[len(take_deletes) :]
+            room -= len(take_adds) + len(take_deletes)
+            if room == 0:
+                yield step
+                step, room = [], size
+    if step:
+        yield step
+
+
 def _record(audience_id: int, fields: dict[bytes, bytes]) -> AudienceRecord:
     def text(name: bytes) -> str:
         return fields.get(name, b"").decode()
@@ -260,6 +294,7 @@ def _record(audience_id: int, fields: dict[bytes, bytes]) -> AudienceRecord:
         name=text(b"name"),
         description=text(b"description"),
         connector_id=text(b"connector"),
+        connector_ids=text(b"connectors").split(),
         subscribed=text(b"subscribed") == "1",
         member_count=number(b"members"),
         created_at_ms=number(b"created"),

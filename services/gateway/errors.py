@@ -6,6 +6,8 @@ the offending field, or null. mParticle retries only 408, 429, 500, 502, 503 and
 of them, and a 4xx is kept for requests that could never succeed.
 """
 
+from collections.abc import Mapping
+
 import grpc
 from starlette.responses import JSONResponse
 
@@ -55,8 +57,8 @@ class ApiError(Exception):
             message = error.details() or code.name.lower()
         return cls(status, code.name.lower(), message)
 
-    def response(self) -> JSONResponse:
-        headers = {}
+    def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        headers = dict(headers or {})
         if self.status in (429, 503):
             headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         body = {"error": {"code": self.code, "message": self.message, "path": self.path}}

@@ -5,7 +5,9 @@ Inside a membership change, each user profile and each of its audience entries i
 on its own: a bad one is skipped and counted, and the good ones beside it are kept, since
 mParticle never retries a 4xx and refusing the batch would lose them all.
 
-Unknown fields are ignored everywhere, as mParticle adds fields over time.
+Unknown fields are ignored everywhere, as mParticle adds fields over time, and so are
+values of the wrong type where nothing depends on them (other account settings, the
+Firehose version). Display text is cut to a bounded length rather than refused.
 """
 
 import json
@@ -24,7 +26,15 @@ REGISTRATION = "module_registration_request"
 SUBSCRIPTION = "audience_subscription_request"
 MEMBERSHIP = "audience_membership_change_request"
 
+MAX_NAME_LENGTH = 1024
+MAX_DESCRIPTION_LENGTH = 4096
+MAX_SETTINGS = 100
+MAX_SETTING_LENGTH = 4096
+TIMESTAMP_MAX = 2**63 - 1
+
 _DECIMAL = re.compile(r"-?[0-9]{1,20}")
+# A surrogate code point left alone in a decoded string (pairs decode to one character).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _whole_number(value: Any) -> int:
@@ -43,21 +53,65 @@ def _mpid(value: Any) -> int:
     return number
 
 
-def _setting_value(value: Any) -> str:
-    """Account and audience settings are strings; scalars of other types are read as text."""
+def _timestamp(value: Any) -> int | None:
+    """Source time in epoch ms; one that is missing, malformed or out of range is unknown
+    (None, read as "now"), which costs ordering for that message but never its data."""
+    try:
+        number = _whole_number(value)
+    except ValueError:
+        return None
+    return number if 0 <= number <= TIMESTAMP_MAX else None
+
+
+def _text(value: Any) -> str | None:
+    """A scalar as text (settings are strings on the wire; booleans arrive as "true")."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    raise ValueError("must be a string")
+    return None
+
+
+def _display_text(limit: int) -> BeforeValidator:
+    def read(value: Any) -> str:
+        text = _text(value)
+        return "" if text is None else text[:limit]
+
+    return BeforeValidator(read)
+
+
+def _lenient_settings(value: Any) -> Any:
+    """Keep the scalar settings, as text; drop values of other types instead of failing."""
+    if not isinstance(value, dict):
+        return value
+    texts = {k: _text(v) for k, v in value.items()}
+    return {k: v for k, v in texts.items() if v is not None}
+
+
+def _bounded_settings(value: Any) -> Any:
+    settings = _lenient_settings(value)
+    if isinstance(settings, dict):
+        if len(settings) > MAX_SETTINGS:
+            raise ValueError(f"at most {MAX_SETTINGS} settings")
+        if any(
+            len(k) > MAX_SETTING_LENGTH or len(v) > MAX_SETTING_LENGTH for k, v in settings.items()
+        ):
+            raise ValueError(
+                f"setting names and values are at most {MAX_SETTING_LENGTH} characters"
+            )
+    return settings
+
+
+def _optional_text(value: Any) -> str | None:
+    return _text(value)
 
 
 Mpid = Annotated[int, BeforeValidator(_mpid)]
 AudienceId = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=AUDIENCE_ID_MAX)]
-SettingValue = Annotated[str, BeforeValidator(_setting_value)]
-OptionalText = Annotated[str, BeforeValidator(lambda v: "" if v is None else v)]
+Name = Annotated[str, _display_text(MAX_NAME_LENGTH)]
+Description = Annotated[str, _display_text(MAX_DESCRIPTION_LENGTH)]
 
 
 class _Message(BaseModel):
@@ -69,22 +123,23 @@ M = TypeVar("M", bound=_Message)
 
 class Envelope(_Message):
     type: str
-    id: str | None = None
-    timestamp_ms: Annotated[int, BeforeValidator(_whole_number)] | None = None
-    firehose_version: str | None = None
+    id: Annotated[str | None, BeforeValidator(_optional_text)] = None
+    timestamp_ms: Annotated[int | None, BeforeValidator(_timestamp)] = None
+    firehose_version: Annotated[str | None, BeforeValidator(_optional_text)] = None
 
 
 class Account(_Message):
-    account_id: Annotated[int, BeforeValidator(_whole_number)] | None = None
-    account_settings: dict[str, SettingValue] = {}
+    account_settings: Annotated[dict[str, str], BeforeValidator(_lenient_settings)] = {}
 
 
 class SubscriptionRequest(_Message):
     account: Account
     audience_id: AudienceId
-    audience_name: OptionalText = ""
-    audience_description: OptionalText = ""
-    audience_subscription_settings: dict[str, SettingValue] | None = None
+    audience_name: Name = ""
+    audience_description: Description = ""
+    audience_subscription_settings: Annotated[
+        dict[str, str] | None, BeforeValidator(_bounded_settings)
+    ] = None
     action: Literal["add", "update", "remove"]
 
 
@@ -95,7 +150,7 @@ class MembershipRequest(_Message):
 
 class AudienceEntry(TypedDict):
     audience_id: AudienceId
-    audience_name: NotRequired[OptionalText]
+    audience_name: NotRequired[Name]
     action: Literal["add", "delete", "attribute_update"]
 
 
@@ -124,14 +179,42 @@ class MembershipBatch:
     # JSON path of the first thing skipped, for the log.
     first_problem: str = ""
 
+    @property
+    def changes(self) -> int:
+        return sum(len(members) for members in self.latest.values())
+
+
+@dataclass(frozen=True)
+class Message:
+    """A request read in full: its envelope and, for the types handled, its content."""
+
+    envelope: Envelope
+    subscription: SubscriptionRequest | None = None
+    membership: MembershipRequest | None = None
+    batch: MembershipBatch | None = None
+
+
+def read_message(body: bytes) -> Message:
+    """Parse and check a request body; raises ApiError (4xx) when it cannot be read."""
+    document = parse_json(body)
+    envelope = read_envelope(document)
+
+    if envelope.type == SUBSCRIPTION:
+        return Message(envelope, subscription=_validate(SubscriptionRequest, document))
+    if envelope.type == MEMBERSHIP:
+        membership, batch = read_membership(document)
+        return Message(envelope, membership=membership, batch=batch)
+    return Message(envelope)
+
 
 def parse_json(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or ApiError 400."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        # orjson refuses integers beyond 64 bits; the standard parser keeps them so that such
-        # a value fails on its own field instead of failing the whole batch.
+        # orjson refuses integers beyond 64 bits, lone surrogates and deep nesting; the
+        # standard parser reads the first two, so that such a value fails on its own field
+        # instead of failing the whole batch.
         document = _parse_json_slowly(body)
 
     if not isinstance(document, dict):
@@ -144,11 +227,32 @@ def _parse_json_slowly(body: bytes) -> Any:
         raise ValueError(f"{name} is not JSON")
 
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=refuse_constant)
+        document = json.loads(body.decode("utf-8"), parse_constant=refuse_constant)
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_encoding", "the body must be UTF-8", "$") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply", "$") from None
     except ValueError as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}", "$") from None
+    return _replace_lone_surrogates(document)
+
+
+def _replace_lone_surrogates(document: Any) -> Any:
+    """Strings with an escaped lone surrogate (\\ud800) cannot be sent on as UTF-8; each such
+    character becomes U+FFFD, so the value fails or passes on its own merits."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            if isinstance(value, str):
+                node[key] = _SURROGATE.sub("\ufffd", value)
+            elif isinstance(value, dict | list):
+                stack.append(value)
+        if isinstance(node, dict):
+            for key in [k for k in node if _SURROGATE.search(k)]:
+                node[_SURROGATE.sub("\ufffd", key)] = node.pop(key)
+    return document
 
 
 def read_envelope(document: dict[str, Any]) -> Envelope:
@@ -157,16 +261,11 @@ def read_envelope(document: dict[str, Any]) -> Envelope:
     return _validate(Envelope, document)
 
 
-def read_subscription(document: dict[str, Any]) -> SubscriptionRequest:
-    return _validate(SubscriptionRequest, document)
-
-
 def read_membership(document: dict[str, Any]) -> tuple[MembershipRequest, MembershipBatch]:
     request = _validate(MembershipRequest, document)
-    profiles = request.user_profiles or []
-    _refuse_legacy_shape(profiles)
-
     batch = MembershipBatch()
+    profiles = _without_legacy_profiles(request.user_profiles or [], batch)
+
     try:
         valid = list(enumerate(_PROFILES.validate_python(profiles)))
     except ValidationError:
@@ -177,19 +276,32 @@ def read_membership(document: dict[str, Any]) -> tuple[MembershipRequest, Member
     return request, batch
 
 
-def _refuse_legacy_shape(profiles: list[Any]) -> None:
-    """Profiles from before Firehose 2.0 carried added_audiences and removed_audiences."""
-    for index, profile in enumerate(profiles):
-        if isinstance(profile, dict) and (
-            "added_audiences" in profile or "removed_audiences" in profile
-        ):
-            raise ApiError(
-                400,
-                "unsupported_format",
-                "added_audiences and removed_audiences are the pre-2.0 Firehose format; "
-                "send audiences[] with an action",
-                f"$.user_profiles[{index}]",
-            )
+def _without_legacy_profiles(profiles: list[Any], batch: MembershipBatch) -> list[Any]:
+    """Profiles from before Firehose 2.0 carried added_audiences and removed_audiences. They
+    are skipped; a message made only of them is refused, never silently ignored."""
+    legacy = [
+        index
+        for index, profile in enumerate(profiles)
+        if isinstance(profile, dict)
+        and ("added_audiences" in profile or "removed_audiences" in profile)
+    ]
+    if not legacy:
+        return profiles
+
+    path = f"$.user_profiles[{legacy[0]}]"
+    if len(legacy) == len(profiles):
+        raise ApiError(
+            400,
+            "unsupported_format",
+            "added_audiences and removed_audiences are the pre-2.0 Firehose format; "
+            "send audiences[] with an action",
+            path,
+        )
+    batch.skipped_profiles += len(legacy)
+    batch.first_problem = path
+    skipped = set(legacy)
+    # Keep the original positions, so that paths in the log point at the right profile.
+    return [None if i in skipped else p for i, p in enumerate(profiles)]
 
 
 def _valid_profiles_one_by_one(
@@ -197,6 +309,8 @@ def _valid_profiles_one_by_one(
 ) -> list[tuple[int, UserProfile]]:
     valid = []
     for index, raw in enumerate(profiles):
+        if raw is None:
+            continue
         try:
             valid.append((index, _PROFILE.validate_python(raw)))
         except ValidationError as exc:

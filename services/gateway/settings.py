@@ -13,6 +13,8 @@ class GatewaySettings(BaseServiceSettings):
     request_timeout_seconds: float = Field(
         0.9, validation_alias="GATEWAY_REQUEST_TIMEOUT_SECONDS", gt=0
     )
+    # Seconds a request body may take to arrive; past it, 408 (which mParticle retries).
+    body_timeout_seconds: float = Field(10.0, validation_alias="GATEWAY_BODY_TIMEOUT_SECONDS", gt=0)
     # Requests to /mparticle handled at once; past it, the gateway answers 429 at once.
     max_in_flight: int = Field(256, validation_alias="GATEWAY_MAX_IN_FLIGHT", gt=0)
     # Largest accepted request body, in bytes, before and after gunzip.

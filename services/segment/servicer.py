@@ -86,15 +86,16 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
 
         by_connector: dict[str, list[segment_pb2.Segment]] = defaultdict(list)
         for audience in listing.audiences:
-            if audience.member_count > 0:
-                by_connector[audience.connector_id].append(
-                    segment_pb2.Segment(
-                        audience_id=audience.audience_id,
-                        name=audience.name,
-                        member_count=audience.member_count,
-                        updated_at_ms=audience.updated_at_ms,
-                    )
-                )
+            if audience.member_count == 0:
+                continue
+            segment = segment_pb2.Segment(
+                audience_id=audience.audience_id,
+                name=audience.name,
+                member_count=audience.member_count,
+                updated_at_ms=audience.updated_at_ms,
+            )
+            for connector_id in audience.connector_ids:
+                by_connector[connector_id].append(segment)
 
         return segment_pb2.ListSegmentsResponse(
             connectors=[

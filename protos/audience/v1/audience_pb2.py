@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/audience/v1/audience.proto\x12\x0b\x61udience.v1\"\x98\x02\n\x08\x41udience\x12\x13\n\x0b\x61udience_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0c\x63onnector_id\x18\x04 \x01(\t\x12\x12\n\nsubscribed\x18\x05 \x01(\x08\x12\x14\n\x0cmember_count\x18\x06 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x07 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x08 \x01(\x03\x12\x35\n\x08settings\x18\t \x03(\x0b\x32#.audience.v1.Audience.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcd\x02\n\x18\x41pplySubscriptionRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63onnector_id\x18\x02 \x01(\t\x12/\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1f.audience.v1.SubscriptionAction\x12\x13\n\x0b\x61udience_id\x18\x04 \x01(\x05\x12\x15\n\raudience_name\x18\x05 \x01(\t\x12\x1c\n\x14\x61udience_description\x18\x06 \x01(\t\x12\x45\n\x08settings\x18\x07 \x03(\x0b\x32\x33.audience.v1.ApplySubscriptionRequest.SettingsEntry\x12\x14\n\x0ctimestamp_ms\x18\x08 \x01(\x03\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x19\x41pplySubscriptionResponse\x12\'\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x15.audience.v1.Audience\x12\r\n\x05stale\x18\x02 \x01(\x08\"f\n\x0f\x41udienceChanges\x12\x13\n\x0b\x61udience_id\x18\x01 \x01(\x05\x12\x15\n\raudience_name\x18\x02 \x01(\t\x12\x11\n\tadd_mpids\x18\x03 \x03(\x12\x12\x14\n\x0c\x64\x65lete_mpids\x18\x04 \x03(\x12\"\x90\x01\n\x1d\x41pplyMembershipChangesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63onnector_id\x18\x02 \x01(\t\x12/\n\taudiences\x18\x03 \x03(\x0b\x32\x1c.audience.v1.AudienceChanges\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"b\n\x1e\x41pplyMembershipChangesResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x03\x12\x0f\n\x07removed\x18\x02 \x01(\x03\x12\x11\n\tunchanged\x18\x03 \x01(\x03\x12\r\n\x05stale\x18\x04 \x01(\x03\";\n\x17GetUserAudiencesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04mpid\x18\x02 \x01(\x12\"0\n\x18GetUserAudiencesResponse\x12\x14\n\x0c\x61udience_ids\x18\x01 \x03(\x05\"O\n\x16\x43heckMembershipRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61udience_id\x18\x02 \x01(\x05\x12\x0c\n\x04mpid\x18\x03 \x01(\x12\")\n\x17\x43heckMembershipResponse\x12\x0e\n\x06member\x18\x01 \x01(\x08\">\n\x13\x43ountMembersRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61udience_id\x18\x02 \x01(\x05\",\n\x14\x43ountMembersResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\"d\n\x12ListMembersRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61udience_id\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"=\n\x13ListMembersResponse\x12\r\n\x05mpids\x18\x01 \x03(\x12\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14ListAudiencesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"A\n\x15ListAudiencesResponse\x12(\n\taudiences\x18\x01 \x03(\x0b\x32\x15.audience.v1.Audience*\x96\x01\n\x12SubscriptionAction\x12#\n\x1fSUBSCRIPTION_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17SUBSCRIPTION_ACTION_ADD\x10\x01\x12\x1e\n\x1aSUBSCRIPTION_ACTION_UPDATE\x10\x02\x12\x1e\n\x1aSUBSCRIPTION_ACTION_REMOVE\x10\x03\x32\xa6\x05\n\x0f\x41udienceService\x12\x62\n\x11\x41pplySubscription\x12%.audience.v1.ApplySubscriptionRequest\x1a&.audience.v1.ApplySubscriptionResponse\x12q\n\x16\x41pplyMembershipChanges\x12*.audience.v1.ApplyMembershipChangesRequest\x1a+.audience.v1.ApplyMembershipChangesResponse\x12_\n\x10GetUserAudiences\x12$.audience.v1.GetUserAudiencesRequest\x1a%.audience.v1.GetUserAudiencesResponse\x12\\\n\x0f\x43heckMembership\x12#.audience.v1.CheckMembershipRequest\x1a$.audience.v1.CheckMembershipResponse\x12S\n\x0c\x43ountMembers\x12 .audience.v1.CountMembersRequest\x1a!.audience.v1.CountMembersResponse\x12P\n\x0bListMembers\x12\x1f.audience.v1.ListMembersRequest\x1a .audience.v1.ListMembersResponse\x12V\n\rListAudiences\x12!.audience.v1.ListAudiencesRequest\x1a\".audience.v1.ListAudiencesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/audience/v1/audience.proto\x12\x0b\x61udience.v1\"\xaf\x02\n\x08\x41udience\x12\x13\n\x0b\x61udience_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0c\x63onnector_id\x18\x04 \x01(\t\x12\x15\n\rconnector_ids\x18\n \x03(\t\x12\x12\n\nsubscribed\x18\x05 \x01(\x08\x12\x14\n\x0cmember_count\x18\x06 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x07 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x08 \x01(\x03\x12\x35\n\x08settings\x18\t \x03(\x0b\x32#.audience.v1.Audience.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcd\x02\n\x18\x41pplySubscriptionRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63onnector_id\x18\x02 \x01(\t\x12/\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1f.audience.v1.SubscriptionAction\x12\x13\n\x0b\x61udience_id\x18\x04 \x01(\x05\x12\x15\n\raudience_name\x18\x05 \x01(\t\x12\x1c\n\x14\x61udience_description\x18\x06 \x01(\t\x12\x45\n\x08settings\x18\x07 \x03(\x0b\x32\x33.audience.v1.ApplySubscriptionRequest.SettingsEntry\x12\x14\n\x0ctimestamp_ms\x18\x08 \x01(\x03\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x19\x41pplySubscriptionResponse\x12\'\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x15.audience.v1.Audience\x12\r\n\x05stale\x18\x02 \x01(\x08\"f\n\x0f\x41udienceChanges\x12\x13\n\x0b\x61udience_id\x18\x01 \x01(\x05\x12\x15\n\raudience_name\x18\x02 \x01(\t\x12\x11\n\tadd_mpids\x18\x03 \x03(\x12\x12\x14\n\x0c\x64\x65lete_mpids\x18\x04 \x03(\x12\"\x90\x01\n\x1d\x41pplyMembershipChangesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63onnector_id\x18\x02 \x01(\t\x12/\n\taudiences\x18\x03 \x03(\x0b\x32\x1c.audience.v1.AudienceChanges\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"b\n\x1e\x41pplyMembershipChangesResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x03\x12\x0f\n\x07removed\x18\x02 \x01(\x03\x12\x11\n\tunchanged\x18\x03 \x01(\x03\x12\r\n\x05stale\x18\x04 \x01(\x03\";\n\x17GetUserAudiencesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04mpid\x18\x02 \x01(\x12\"0\n\x18GetUserAudiencesResponse\x12\x14\n\x0c\x61udience_ids\x18\x01 \x03(\x05\"O\n\x16\x43heckMembershipRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61udience_id\x18\x02 \x01(\x05\x12\x0c\n\x04mpid\x18\x03 \x01(\x12\")\n\x17\x43heckMembershipResponse\x12\x0e\n\x06member\x18\x01 \x01(\x08\">\n\x13\x43ountMembersRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61udience_id\x18\x02 \x01(\x05\",\n\x14\x43ountMembersResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\"d\n\x12ListMembersRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61udience_id\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"=\n\x13ListMembersResponse\x12\r\n\x05mpids\x18\x01 \x03(\x12\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14ListAudiencesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"A\n\x15ListAudiencesResponse\x12(\n\taudiences\x18\x01 \x03(\x0b\x32\x15.audience.v1.Audience*\x96\x01\n\x12SubscriptionAction\x12#\n\x1fSUBSCRIPTION_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17SUBSCRIPTION_ACTION_ADD\x10\x01\x12\x1e\n\x1aSUBSCRIPTION_ACTION_UPDATE\x10\x02\x12\x1e\n\x1aSUBSCRIPTION_ACTION_REMOVE\x10\x03\x32\xa6\x05\n\x0f\x41udienceService\x12\x62\n\x11\x41pplySubscription\x12%.audience.v1.ApplySubscriptionRequest\x1a&.audience.v1.ApplySubscriptionResponse\x12q\n\x16\x41pplyMembershipChanges\x12*.audience.v1.ApplyMembershipChangesRequest\x1a+.audience.v1.ApplyMembershipChangesResponse\x12_\n\x10GetUserAudiences\x12$.audience.v1.GetUserAudiencesRequest\x1a%.audience.v1.GetUserAudiencesResponse\x12\\\n\x0f\x43heckMembership\x12#.audience.v1.CheckMembershipRequest\x1a$.audience.v1.CheckMembershipResponse\x12S\n\x0c\x43ountMembers\x12 .audience.v1.CountMembersRequest\x1a!.audience.v1.CountMembersResponse\x12P\n\x0bListMembers\x12\x1f.audience.v1.ListMembersRequest\x1a .audience.v1.ListMembersResponse\x12V\n\rListAudiences\x12!.audience.v1.ListAudiencesRequest\x1a\".audience.v1.ListAudiencesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,44 +35,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDIENCE_SETTINGSENTRY']._serialized_options = b'8\001'
   _globals['_APPLYSUBSCRIPTIONREQUEST_SETTINGSENTRY']._loaded_options = None
   _globals['_APPLYSUBSCRIPTIONREQUEST_SETTINGSENTRY']._serialized_options = b'8\001'
-  _globals['_SUBSCRIPTIONACTION']._serialized_start=1727
-  _globals['_SUBSCRIPTIONACTION']._serialized_end=1877
+  _globals['_SUBSCRIPTIONACTION']._serialized_start=1750
+  _globals['_SUBSCRIPTIONACTION']._serialized_end=1900
   _globals['_AUDIENCE']._serialized_start=51
-  _globals['_AUDIENCE']._serialized_end=331
-  _globals['_AUDIENCE_SETTINGSENTRY']._serialized_start=284
-  _globals['_AUDIENCE_SETTINGSENTRY']._serialized_end=331
-  _globals['_APPLYSUBSCRIPTIONREQUEST']._serialized_start=334
-  _globals['_APPLYSUBSCRIPTIONREQUEST']._serialized_end=667
-  _globals['_APPLYSUBSCRIPTIONREQUEST_SETTINGSENTRY']._serialized_start=284
-  _globals['_APPLYSUBSCRIPTIONREQUEST_SETTINGSENTRY']._serialized_end=331
-  _globals['_APPLYSUBSCRIPTIONRESPONSE']._serialized_start=669
-  _globals['_APPLYSUBSCRIPTIONRESPONSE']._serialized_end=752
-  _globals['_AUDIENCECHANGES']._serialized_start=754
-  _globals['_AUDIENCECHANGES']._serialized_end=856
-  _globals['_APPLYMEMBERSHIPCHANGESREQUEST']._serialized_start=859
-  _globals['_APPLYMEMBERSHIPCHANGESREQUEST']._serialized_end=1003
-  _globals['_APPLYMEMBERSHIPCHANGESRESPONSE']._serialized_start=1005
-  _globals['_APPLYMEMBERSHIPCHANGESRESPONSE']._serialized_end=1103
-  _globals['_GETUSERAUDIENCESREQUEST']._serialized_start=1105
-  _globals['_GETUSERAUDIENCESREQUEST']._serialized_end=1164
-  _globals['_GETUSERAUDIENCESRESPONSE']._serialized_start=1166
-  _globals['_GETUSERAUDIENCESRESPONSE']._serialized_end=1214
-  _globals['_CHECKMEMBERSHIPREQUEST']._serialized_start=1216
-  _globals['_CHECKMEMBERSHIPREQUEST']._serialized_end=1295
-  _globals['_CHECKMEMBERSHIPRESPONSE']._serialized_start=1297
-  _globals['_CHECKMEMBERSHIPRESPONSE']._serialized_end=1338
-  _globals['_COUNTMEMBERSREQUEST']._serialized_start=1340
-  _globals['_COUNTMEMBERSREQUEST']._serialized_end=1402
-  _globals['_COUNTMEMBERSRESPONSE']._serialized_start=1404
-  _globals['_COUNTMEMBERSRESPONSE']._serialized_end=1448
-  _globals['_LISTMEMBERSREQUEST']._serialized_start=1450
-  _globals['_LISTMEMBERSREQUEST']._serialized_end=1550
-  _globals['_LISTMEMBERSRESPONSE']._serialized_start=1552
-  _globals['_LISTMEMBERSRESPONSE']._serialized_end=1613
-  _globals['_LISTAUDIENCESREQUEST']._serialized_start=1615
-  _globals['_LISTAUDIENCESREQUEST']._serialized_end=1657
-  _globals['_LISTAUDIENCESRESPONSE']._serialized_start=1659
-  _globals['_LISTAUDIENCESRESPONSE']._serialized_end=1724
-  _globals['_AUDIENCESERVICE']._serialized_start=1880
-  _globals['_AUDIENCESERVICE']._serialized_end=2558
+  _globals['_AUDIENCE']._serialized_end=354
+  _globals['_AUDIENCE_SETTINGSENTRY']._serialized_start=307
+  _globals['_AUDIENCE_SETTINGSENTRY']._serialized_end=354
+  _globals['_APPLYSUBSCRIPTIONREQUEST']._serialized_start=357
+  _globals['_APPLYSUBSCRIPTIONREQUEST']._serialized_end=690
+  _globals['_APPLYSUBSCRIPTIONREQUEST_SETTINGSENTRY']._serialized_start=307
+  _globals['_APPLYSUBSCRIPTIONREQUEST_SETTINGSENTRY']._serialized_end=354
+  _globals['_APPLYSUBSCRIPTIONRESPONSE']._serialized_start=692
+  _globals['_APPLYSUBSCRIPTIONRESPONSE']._serialized_end=775
+  _globals['_AUDIENCECHANGES']._serialized_start=777
+  _globals['_AUDIENCECHANGES']._serialized_end=879
+  _globals['_APPLYMEMBERSHIPCHANGESREQUEST']._serialized_start=882
+  _globals['_APPLYMEMBERSHIPCHANGESREQUEST']._serialized_end=1026
+  _globals['_APPLYMEMBERSHIPCHANGESRESPONSE']._serialized_start=1028
+  _globals['_APPLYMEMBERSHIPCHANGESRESPONSE']._serialized_end=1126
+  _globals['_GETUSERAUDIENCESREQUEST']._serialized_start=1128
+  _globals['_GETUSERAUDIENCESREQUEST']._serialized_end=1187
+  _globals['_GETUSERAUDIENCESRESPONSE']._serialized_start=1189
+  _globals['_GETUSERAUDIENCESRESPONSE']._serialized_end=1237
+  _globals['_CHECKMEMBERSHIPREQUEST']._serialized_start=1239
+  _globals['_CHECKMEMBERSHIPREQUEST']._serialized_end=1318
+  _globals['_CHECKMEMBERSHIPRESPONSE']._serialized_start=1320
+  _globals['_CHECKMEMBERSHIPRESPONSE']._serialized_end=1361
+  _globals['_COUNTMEMBERSREQUEST']._serialized_start=1363
+  _globals['_COUNTMEMBERSREQUEST']._serialized_end=1425
+  _globals['_COUNTMEMBERSRESPONSE']._serialized_start=1427
+  _globals['_COUNTMEMBERSRESPONSE']._serialized_end=1471
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=1473
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=1573
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=1575
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=1636
+  _globals['_LISTAUDIENCESREQUEST']._serialized_start=1638
+  _globals['_LISTAUDIENCESREQUEST']._serialized_end=1680
+  _globals['_LISTAUDIENCESRESPONSE']._serialized_start=1682
+  _globals['_LISTAUDIENCESRESPONSE']._serialized_end=1747
+  _globals['_AUDIENCESERVICE']._serialized_start=1903
+  _globals['_AUDIENCESERVICE']._serialized_end=2581
 # @@protoc_insertion_point(module_scope)

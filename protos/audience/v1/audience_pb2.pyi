@@ -19,7 +19,7 @@ SUBSCRIPTION_ACTION_UPDATE: SubscriptionAction
 SUBSCRIPTION_ACTION_REMOVE: SubscriptionAction
 
 class Audience(_message.Message):
-    __slots__ = ("audience_id", "name", "description", "connector_id", "subscribed", "member_count", "created_at_ms", "updated_at_ms", "settings")
+    __slots__ = ("audience_id", "name", "description", "connector_id", "connector_ids", "subscribed", "member_count", "created_at_ms", "updated_at_ms", "settings")
     class SettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class Audience(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CONNECTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTOR_IDS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -40,12 +41,13 @@ class Audience(_message.Message):
     name: str
     description: str
     connector_id: str
+    connector_ids: _containers.RepeatedScalarFieldContainer[str]
     subscribed: bool
     member_count: int
     created_at_ms: int
     updated_at_ms: int
     settings: _containers.ScalarMap[str, str]
-    def __init__(self, audience_id: _Optional[int] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., connector_id: _Optional[str] = ..., subscribed: _Optional[bool] = ..., member_count: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, audience_id: _Optional[int] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., connector_id: _Optional[str] = ..., connector_ids: _Optional[_Iterable[str]] = ..., subscribed: _Optional[bool] = ..., member_count: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ApplySubscriptionRequest(_message.Message):
     __slots__ = ("account_id", "connector_id", "action", "audience_id", "audience_name", "audience_description", "settings", "timestamp_ms")

@@ -33,9 +33,17 @@ local function ensure_audience(audience, name, meta)
   if not iid then
     iid = tostring(redis.call('INCR', 'au:seq:' .. tag))
     redis.call('HSET', meta, 'iid', iid, 'name', name, 'connector', connector,
-      'subscribed', '0', 'members', '0', 'hw', '0', 'created', now, 'updated', now)
+      'connectors', connector, 'subscribed', '0', 'members', '0', 'hw', '0',
+      'created', now, 'updated', now)
     redis.call('HSET', idx, audience, iid)
     redis.call('HSET', 'au:live:' .. tag, iid, audience)
+    return iid
+  end
+
+  -- Every connector the audience arrived through lists it (space-separated ids).
+  local connectors = redis.call('HGET', meta, 'connectors') or ''
+  if not string.find(' ' .. connectors .. ' ', ' ' .. connector .. ' ', 1, true) then
+    redis.call('HSET', meta, 'connectors', connectors == '' and connector or connectors .. ' ' .. connector)
   end
   return iid
 end

@@ -26,6 +26,11 @@ if not redis.call('HGET', KEYS[1], audience) then
 end
 
 redis.call('HDEL', removals, audience)
+local connectors = redis.call('HGET', meta, 'connectors') or ''
+if not string.find(' ' .. connectors .. ' ', ' ' .. connector .. ' ', 1, true) then
+  connectors = connectors == '' and connector or connectors .. ' ' .. connector
+end
 redis.call('HSET', meta, 'name', name, 'description', description, 'settings', settings,
-  'connector', connector, 'subscribed', '1', 'updated', now, 'subts', source_time)
+  'connector', connector, 'connectors', connectors, 'subscribed', '1', 'updated', now,
+  'subts', source_time)
 return {1, redis.call('HGETALL', meta)}

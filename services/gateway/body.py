@@ -1,0 +1,79 @@
+"""Reading a request body within bounds: media type, size, time and gzip."""
+
+import asyncio
+import zlib
+
+from starlette.requests import Request
+
+from services.gateway.errors import ApiError
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def check_media_type(request: Request) -> None:
+    """JSON, or no Content-Type at all (mParticle's is not documented); else 415."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", "the body must be application/json")
+
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise ApiError(415, "unsupported_encoding", "Content-Encoding must be gzip or identity")
+
+
+async def read_body(request: Request, limit: int, timeout_seconds: float) -> bytes:
+    """The body, gunzipped when sent with Content-Encoding: gzip.
+
+    Raises BodyTooLarge past ``limit`` bytes (before or after gunzip), decided before the
+    whole body is read; ApiError 408 when it does not arrive within ``timeout_seconds``.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            body = await _read_stream(request, limit)
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", "the body did not arrive in time") from None
+
+    if request.headers.get("content-encoding", "").strip().lower() == "gzip":
+        return _gunzip(body, limit)
+    return body
+
+
+async def _read_stream(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Inflate every gzip member of ``body``, never producing more than ``limit`` bytes."""
+    output: list[bytes] = []
+    size = 0
+    remaining = body
+    while remaining:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            inflated = inflater.decompress(remaining, limit + 1 - size)
+        except zlib.error:
+            raise ApiError(400, "invalid_gzip", "the body is not valid gzip") from None
+        size += len(inflated)
+        if size > limit or inflater.unconsumed_tail:
+            raise BodyTooLarge
+        if not inflater.eof:
+            raise ApiError(400, "invalid_gzip", "the gzip body is truncated")
+        output.append(inflated)
+        remaining = inflater.unused_data
+    if not output:
+        raise ApiError(400, "invalid_gzip", "the gzip body is empty")
+    return b"".join(output)

@@ -1,0 +1,299 @@
+"""Hostile and surprising input through the real gateway: very large batches, slow or
+unauthenticated senders, odd text, odd types. Nothing valid is lost, and nothing answers
+with a code mParticle would retry for ever or drop for good without cause."""
+
+import gzip
+import json
+import socket
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from protos.audience.v1 import audience_pb2
+from protos.keys.v1 import keys_pb2
+from protos.segment.v1 import segment_pb2
+from tests.conftest import MPARTICLE_TOKEN, Stack, Tenant, fixture_json
+
+MEMBERSHIP = "06_membership_change_mpid_only.json"
+SUBSCRIPTION = "02_audience_subscription_add.json"
+
+
+def membership(api_key: str, *profiles: Any) -> dict[str, Any]:
+    body = fixture_json(MEMBERSHIP, api_key)
+    body["user_profiles"] = list(profiles)
+    return body
+
+
+def profile(mpid: Any, audience_id: int = 5, name: Any = "Five", action: str = "add") -> dict:
+    return {
+        "mpid": mpid,
+        "audiences": [{"audience_id": audience_id, "audience_name": name, "action": action}],
+    }
+
+
+def audiences(audience_stub: Any) -> dict[int, Any]:
+    listed = audience_stub.ListAudiences(audience_pb2.ListAudiencesRequest(account_id="acme"))
+    return {a.audience_id: a for a in listed.audiences}
+
+
+def test_a_batch_of_50k_profiles_is_stored(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    profiles = [
+        {
+            "mpid": str(i * 7919 - 10**12),
+            "user_identities": [{"type": "email", "encoding": "raw", "value": f"u{i}@example.com"}],
+            "audiences": [{"audience_id": 5, "audience_name": "Five", "action": "add"}],
+        }
+        for i in range(50_000)
+    ]
+
+    response = http.post("/mparticle", json=membership(tenant.api_key, *profiles), timeout=60)
+
+    assert response.status_code == 200, response.text
+    assert audiences(audience_stub)[5].member_count == 50_000
+
+
+@pytest.fixture
+def guarded_gateway(stack: Stack) -> str:
+    return stack.start_gateway(max_in_flight=4, body_timeout_seconds=0.5)
+
+
+def stalled_request(url: str, headers: dict[str, str]) -> socket.socket:
+    """A POST that declares a body and sends only its first bytes."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    lines = [
+        "POST /mparticle HTTP/1.1",
+        f"Host: {host}",
+        "Content-Type: application/json",
+        "Content-Length: 100000",
+        *(f"{k}: {v}" for k, v in headers.items()),
+        "",
+        '{"type": "audience_membership_change_request", ',
+    ]
+    sock.sendall("\r\n".join(lines).encode())
+    return sock
+
+
+def test_unauthenticated_stalled_senders_cannot_lock_mparticle_out(
+    guarded_gateway: str, tenant: Tenant, audience_stub: Any
+) -> None:
+    sockets = [stalled_request(guarded_gateway, {}) for _ in range(30)]
+    time.sleep(0.2)
+    try:
+        response = httpx.post(
+            f"{guarded_gateway}/mparticle",
+            json=membership(tenant.api_key, profile("1")),
+            headers={"Authorization": f"Token {MPARTICLE_TOKEN}"},
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
+
+    assert response.status_code == 200
+    assert audiences(audience_stub)[5].member_count == 1
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(guarded_gateway: str) -> None:
+    sock = stalled_request(guarded_gateway, {"Authorization": f"Token {MPARTICLE_TOKEN}"})
+    sock.settimeout(5)
+    try:
+        reply = sock.recv(4096).decode()
+    finally:
+        sock.close()
+
+    assert reply.startswith("HTTP/1.1 408")
+    assert '"code":"body_timeout"' in reply
+
+
+def test_an_unauthenticated_large_body_is_refused_unread(stack: Stack) -> None:
+    body = {"type": "module_registration_request", "pad": "x" * 200_000}
+
+    response = httpx.post(f"{stack.gateway_url}/mparticle", json=body)
+
+    assert response.status_code == 401
+
+
+def test_registration_still_needs_no_token(stack: Stack) -> None:
+    body = fixture_json("01_module_registration_request.json")
+
+    assert httpx.post(f"{stack.gateway_url}/mparticle", json=body).status_code == 200
+
+
+def test_a_long_audience_name_is_cut_not_refused(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    body = membership(tenant.api_key, profile("101", 1001, "A"), profile("102", 1002, "x" * 5000))
+
+    response = http.post("/mparticle", json=body)
+
+    assert response.status_code == 200
+    stored = audiences(audience_stub)
+    assert stored[1001].member_count == stored[1002].member_count == 1
+    assert stored[1002].name == "x" * 1024
+
+
+def raw_post(http: httpx.Client, text: str) -> httpx.Response:
+    return http.post("/mparticle", content=text.encode())
+
+
+def test_lone_surrogates_become_replacement_characters(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    body = json.dumps(membership(tenant.api_key, profile("101", 1001, "MARK"), profile("102")))
+
+    response = raw_post(http, body.replace('"MARK"', '"bad \\ud800 name"'))
+
+    assert response.status_code == 200
+    stored = audiences(audience_stub)
+    assert stored[1001].name == "bad \ufffd name"
+    assert stored[5].member_count == 1
+
+
+def test_a_lone_surrogate_in_the_key_is_an_invalid_key(http: httpx.Client, tenant: Tenant) -> None:
+    body = json.dumps(membership(tenant.api_key + "MARK", profile("101")))
+    subscription = json.dumps(fixture_json(SUBSCRIPTION, tenant.api_key + "MARK"))
+
+    change = raw_post(http, body.replace("MARK", "\\udfff"))
+    subscribe = raw_post(http, subscription.replace("MARK", "\\udfff"))
+
+    assert change.status_code == 200
+    assert change.json()["suspend_subscription"] is True
+    assert subscribe.status_code == 401
+
+
+def test_deeply_nested_json_is_400(http: httpx.Client, tenant: Tenant) -> None:
+    body = json.dumps(membership(tenant.api_key, profile("1")))
+    nested = body[:-1] + ', "deep": ' + "[" * 5000 + "]" * 5000 + "}"
+
+    response = raw_post(http, nested)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("timestamp", [2**63, 2**64 - 1, -5, "-5", 1.5, "soon", None])
+def test_an_unusable_timestamp_is_read_as_now(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any, timestamp: Any
+) -> None:
+    body = membership(tenant.api_key, profile("1"))
+    body["timestamp_ms"] = timestamp
+
+    assert http.post("/mparticle", json=body).status_code == 200
+    assert audiences(audience_stub)[5].member_count == 1
+
+
+def test_long_descriptions_are_cut_and_too_many_settings_refused(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    long = fixture_json(SUBSCRIPTION, tenant.api_key)
+    long["audience_description"] = "d" * 100_000
+    many = fixture_json(SUBSCRIPTION, tenant.api_key)
+    many["audience_subscription_settings"] = {f"k{i}": "v" for i in range(101)}
+
+    assert http.post("/mparticle", json=long).status_code == 200
+    refused = http.post("/mparticle", json=many)
+
+    assert len(audiences(audience_stub)[90211].description) == 4096
+    assert refused.status_code == 400
+    assert refused.json()["error"]["path"] == "$.audience_subscription_settings"
+
+
+def test_an_audience_sent_by_two_connectors_is_listed_under_both(
+    http: httpx.Client, tenant: Tenant, keys_stub: Any, segment_stub: Any
+) -> None:
+    app = segment_stub.CreateConnector(
+        segment_pb2.CreateConnectorRequest(account_id="acme", name="App")
+    ).connector
+    app_key = keys_stub.CreateKey(
+        keys_pb2.CreateKeyRequest(account_id="acme", connector_id=app.connector_id)
+    ).plaintext
+
+    http.post("/mparticle", json=membership(tenant.api_key, profile("1")))
+    http.post("/mparticle", json=membership(app_key, profile("2")))
+
+    listed = segment_stub.ListSegments(segment_pb2.ListSegmentsRequest(account_id="acme"))
+    assert [(c.connector.name, [(s.audience_id, s.member_count) for s in c.segments])
+            for c in listed.connectors] == [("App", [(5, 2)]), ("Web", [(5, 2)])]  # fmt: skip
+
+
+def test_a_legacy_profile_beside_current_ones_is_skipped(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    legacy = {"mpid": "9", "added_audiences": [{"audience_id": 5, "audience_name": "Five"}]}
+
+    response = http.post("/mparticle", json=membership(tenant.api_key, profile("1"), legacy))
+
+    assert response.status_code == 200
+    assert audiences(audience_stub)[5].member_count == 1
+
+
+def test_loose_types_where_nothing_depends_on_them(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    body = membership(tenant.api_key, profile("1", name=123))
+    body["account"]["account_settings"].update(other=None, nested={"a": 1}, listed=[1])
+    body["firehose_version"] = 3.2
+    body["account"]["account_settings"]["apiKey"] = f"  {tenant.api_key}\n"
+
+    response = http.post("/mparticle", json=body)
+
+    assert response.status_code == 200
+    assert response.json()["suspend_subscription"] is False
+    assert audiences(audience_stub)[5].name == "123"
+
+
+def test_a_tab_after_the_token_scheme_is_accepted(stack: Stack, tenant: Tenant) -> None:
+    response = httpx.post(
+        f"{stack.gateway_url}/mparticle",
+        json=membership(tenant.api_key, profile("1")),
+        headers={"Authorization": f"Token\t{MPARTICLE_TOKEN}"},
+    )
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/mparticle", 405, "method_not_allowed"),
+        ("PUT", "/mparticle", 405, "method_not_allowed"),
+        ("POST", "/mparticle/", 404, "not_found"),
+        ("POST", "/MPARTICLE", 404, "not_found"),
+    ],
+)
+def test_routing_errors_have_the_error_shape(
+    http: httpx.Client, method: str, path: str, status: int, code: str
+) -> None:
+    response = http.request(method, path, json={})
+
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+
+
+def test_multi_member_gzip_is_read_whole(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    content = json.dumps(membership(tenant.api_key, profile("1"), profile("2"))).encode()
+    body = gzip.compress(content[:50]) + gzip.compress(content[50:])
+
+    response = http.post("/mparticle", content=body, headers={"Content-Encoding": "gzip"})
+
+    assert response.status_code == 200
+    assert audiences(audience_stub)[5].member_count == 2
+
+
+def test_gzip_with_trailing_garbage_is_400(http: httpx.Client, tenant: Tenant) -> None:
+    content = json.dumps(membership(tenant.api_key, profile("1"))).encode()
+
+    response = http.post(
+        "/mparticle",
+        content=gzip.compress(content) + b"garbage",
+        headers={"Content-Encoding": "gzip"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_gzip"
