@@ -10,9 +10,10 @@ stays within one Redis Cluster hash slot; accounts spread across a cluster's sha
                                   (space-separated), subscribed, members, created, updated
                                   (ms), settings (JSON), hw and subts (source times, ms)
   au:mem:{A}:<iid>:<b>     set    MPIDs of one bucket (0-4095) of an audience's members
-  au:usr:{A}:<mpid>        set    incarnation ids of the audiences an MPID is in
-  au:ts:{A}:<iid>:<g>:<n>  hash   MPID -> source time (ms) of its last change, for changes
-                                  applied in ordering generation g; n is 0-255
+  au:usr:{A}:<mpid>        hash   incarnation id of each audience the MPID is in -> source
+                                  time (ms) of the change that added it
+  au:gone:{A}:<iid>:<g>:<n> hash  MPID -> source time (ms) of its removal from the audience,
+                                  for removals applied in ordering generation g; n is 0-255
   au:removed:{A}           hash   audience id -> source time (ms) of its last removal
   au:gc:{A}                list   incarnations of removed audiences waiting for cleanup
   au:gcpos:{A}             hash   incarnation id -> next bucket to clean
@@ -27,9 +28,10 @@ Member sets are split in 4096 buckets so that each stays small enough for Redis'
 encoding (8 bytes an MPID) up to a few million members.
 
 Ordering: a change carries its source time (mParticle's timestamp_ms). A change older than
-the last change applied to the same membership is ignored, as long as that last change was
-applied less than one ordering window ago (it may hold for up to two): stamps live in
-generations of one window each, and each generation expires after two windows.
+the last change applied to the same membership is ignored. For a membership that exists,
+this always holds (its add's source time is kept beside it); after a removal, it holds as
+long as the removal was applied less than one ordering window ago (it may hold for up to
+two): tombstones live in generations of one window each, and each expires after two.
 """
 
 import base64
@@ -95,8 +97,8 @@ class AudienceStore:
     def __init__(self, client: redis.asyncio.Redis, ordering_window_seconds: int = 3600) -> None:
         self._redis = client
         self._window_ms = ordering_window_seconds * 1000
-        # A generation's stamps are read for two windows, plus a margin for clock steps.
-        self._stamp_ttl_seconds = 2 * ordering_window_seconds + 60
+        # A generation's tombstones are read for two windows, plus a margin for clock steps.
+        self._tombstone_ttl_seconds = 2 * ordering_window_seconds + 60
         self._apply = client.register_script(_script("apply_changes"))
         self._subscribe = client.register_script(_script("subscribe"))
         self._unsubscribe = client.register_script(_script("unsubscribe"))
@@ -169,7 +171,7 @@ class AudienceStore:
                 len(step),
                 source_time_ms,
                 now // self._window_ms,
-                self._stamp_ttl_seconds,
+                self._tombstone_ttl_seconds,
             ]
             for audience_id, name, adds, deletes in step:
                 args += (audience_id, name, " ".join(map(str, adds)), " ".join(map(str, deletes)))

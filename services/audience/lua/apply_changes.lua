@@ -1,20 +1,21 @@
--- Applies one batch of membership changes for one account, atomically.
+-- Applies one step of membership changes for one account, atomically.
 --
 -- KEYS[1]  au:idx:{A}   (names the account's hash slot; every key touched carries {A})
 -- ARGV     tag ("{A}"), now (ms), connector id, audience count, the changes' source time
---          (ms), the current ordering generation, the TTL of ordering stamps (s), then for
+--          (ms, > 0), the current ordering generation, the TTL of tombstones (s), then for
 --          each audience: audience id, name (used if the audience is new), MPIDs added,
 --          MPIDs deleted, the MPIDs being canonical decimal strings separated by spaces.
 -- Returns  {memberships added, removed, changes ignored as stale}
 --
--- Ordering: each change stamps its (audience, MPID) with its source time in a hash of the
--- current generation, au:ts:{A}:<iid>:<generation>:<0-255>, kept for two generations. A
--- change older than the stamp it finds is ignored. While a batch is at least as new as
--- every change the audience has seen (its high-water mark, "hw"), no stamp can be newer,
--- so none is read.
+-- Ordering: a member's field in its user hash holds the source time of the change that
+-- made it a member; a deletion leaves a tombstone (MPID -> source time) in a hash of the
+-- current generation, au:gone:{A}:<iid>:<generation>:<0-255>, which expires after two
+-- generations. A change older than the stamp or tombstone it finds is ignored. While a
+-- step is at least as new as every change its audience has seen (the audience's high-water
+-- mark, "hw"), nothing newer can exist, so nothing is read before writing.
 local tag, now, connector = ARGV[1], ARGV[2], ARGV[3]
 local count, source_time = tonumber(ARGV[4]), ARGV[5]
-local time_value, generation, stamp_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local time_value, generation, tombstone_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local idx = KEYS[1]
 local users = 'au:usr:' .. tag .. ':'
 local removals = 'au:removed:' .. tag
@@ -66,49 +67,54 @@ for a = 0, count - 1 do
     end
 
     local members = 'au:mem:' .. tag .. ':' .. iid .. ':'
-    local stamps = 'au:ts:' .. tag .. ':' .. iid .. ':'
-    local current, previous = stamps .. generation .. ':', stamps .. (generation - 1) .. ':'
-    local touched = {}
+    local gone = 'au:gone:' .. tag .. ':' .. iid .. ':'
+    local gone_now, gone_before = gone .. generation .. ':', gone .. (generation - 1) .. ':'
+    local tombstones = {}
 
-    -- Returns the member-set bucket of an MPID and stamps the change, or returns nil when
-    -- a newer change to the same membership was applied already.
-    local function admit(mpid)
-      local digits = tonumber(string.sub(mpid, -12))
-      local stamp_key = current .. (digits % 256)
-      if not in_order then
-        local last = redis.call('HGET', stamp_key, mpid)
-          or redis.call('HGET', previous .. (digits % 256), mpid)
-        if last and tonumber(last) > time_value then
-          return nil
-        end
+    -- Whether a change newer than this one was applied to the membership already.
+    local function superseded(user, mpid, digits)
+      if in_order then
+        return false
       end
-      redis.call('HSET', stamp_key, mpid, source_time)
-      touched[stamp_key] = true
-      return tostring(digits % 4096)
+      local stamp = redis.call('HGET', user, iid)
+      if stamp and tonumber(stamp) > time_value then
+        return true
+      end
+      local n = digits % 256
+      local tombstone = redis.call('HGET', gone_now .. n, mpid)
+        or redis.call('HGET', gone_before .. n, mpid)
+      return tombstone and tonumber(tombstone) > time_value
     end
 
+    -- Buckets keep each member set small enough for Redis's compact intset encoding; the
+    -- bucket is a fixed function of the MPID's canonical string: last 12 digits mod 4096.
     local delta_added, delta_removed = 0, 0
     for mpid in string.gmatch(adds, '%S+') do
-      local bucket = admit(mpid)
-      if not bucket then
+      local user, digits = users .. mpid, tonumber(string.sub(mpid, -12))
+      if superseded(user, mpid, digits) then
         stale = stale + 1
-      elseif redis.call('SADD', members .. bucket, mpid) == 1 then
-        redis.call('SADD', users .. mpid, iid)
-        delta_added = delta_added + 1
+      else
+        delta_added = delta_added + redis.call('SADD', members .. (digits % 4096), mpid)
+        redis.call('HSET', user, iid, source_time)
       end
     end
     for mpid in string.gmatch(deletes, '%S+') do
-      local bucket = admit(mpid)
-      if not bucket then
+      local user, digits = users .. mpid, tonumber(string.sub(mpid, -12))
+      if superseded(user, mpid, digits) then
         stale = stale + 1
-      elseif redis.call('SREM', members .. bucket, mpid) == 1 then
-        redis.call('SREM', users .. mpid, iid)
-        delta_removed = delta_removed + 1
+      else
+        if redis.call('SREM', members .. (digits % 4096), mpid) == 1 then
+          redis.call('HDEL', user, iid)
+          delta_removed = delta_removed + 1
+        end
+        local key = gone_now .. (digits % 256)
+        redis.call('HSET', key, mpid, source_time)
+        tombstones[key] = true
       end
     end
 
-    for key in pairs(touched) do
-      redis.call('EXPIRE', key, stamp_ttl)
+    for key in pairs(tombstones) do
+      redis.call('EXPIRE', key, tombstone_ttl)
     end
     if delta_added + delta_removed > 0 then
       redis.call('HINCRBY', meta, 'members', delta_added - delta_removed)

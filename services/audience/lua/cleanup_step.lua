@@ -20,7 +20,7 @@ while b < BUCKETS and budget > 0 and buckets_left > 0 do
   local key = 'au:mem:' .. tag .. ':' .. iid .. ':' .. b
   local members = redis.call('SPOP', key, budget)
   for _, mpid in ipairs(members) do
-    redis.call('SREM', users .. mpid, iid)
+    redis.call('HDEL', users .. mpid, iid)
   end
   budget = budget - #members
   if redis.call('EXISTS', key) == 0 then

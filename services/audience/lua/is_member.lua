@@ -8,4 +8,4 @@ local iid = redis.call('HGET', KEYS[1], ARGV[1])
 if not iid then
   return 0
 end
-return redis.call('SISMEMBER', KEYS[2], iid)
+return redis.call('HEXISTS', KEYS[2], iid)

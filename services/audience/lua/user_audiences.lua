@@ -1,9 +1,9 @@
--- The audiences an MPID is in: one read of its own set, one of the live-audience map.
+-- The audiences an MPID is in: one read of its own hash, one of the live-audience map.
 --
--- KEYS[1]  au:usr:{A}:<mpid>   set of audience incarnations
+-- KEYS[1]  au:usr:{A}:<mpid>   hash: audience incarnation -> source time of its last add
 -- KEYS[2]  au:live:{A}         live incarnation -> audience id
 -- Returns  one audience id per incarnation, false for incarnations being cleaned up
-local incarnations = redis.call('SMEMBERS', KEYS[1])
+local incarnations = redis.call('HKEYS', KEYS[1])
 local CHUNK = 4000 -- stays below Lua's limit on unpacked values
 if #incarnations <= CHUNK then
   if #incarnations == 0 then
