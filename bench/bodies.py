@@ -36,6 +36,7 @@ def membership_body(
     api_key: str,
     profiles: int,
     *,
+    timestamp_ms: int = 1767268800000,
     audiences: list[tuple[int, str]] = AUDIENCE_POOL,
     audiences_per_profile: tuple[int, int] = (1, 3),
     boundary_mpids: bool = True,
@@ -60,7 +61,9 @@ def membership_body(
         users.append(
             {
                 "mpid": mpid,
-                "user_identities": [_identity(rng, t, i) for t in _some(rng, USER_IDENTITY_TYPES, 4)],
+                "user_identities": [
+                    _identity(rng, t, i) for t in _some(rng, USER_IDENTITY_TYPES, 4)
+                ],
                 "device_identities": [
                     _identity(rng, t, i) for t in _some(rng, DEVICE_IDENTITY_TYPES, 2)
                 ],
@@ -71,7 +74,7 @@ def membership_body(
     message = {
         "type": "audience_membership_change_request",
         "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "timestamp_ms": 1767268800000 + rng.randint(0, 10**9),
+        "timestamp_ms": timestamp_ms,
         "firehose_version": "3.2.0",
         "account": {"account_id": 48213, "account_settings": {"apiKey": api_key}},
         "user_profiles": users,

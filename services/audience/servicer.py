@@ -2,13 +2,16 @@ import grpc
 from prometheus_client import Counter
 
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
-from services.audience.store import AudienceRecord, AudienceStore, BadPageToken, now_ms
+from services.audience.store import (
+    MAX_CLOCK_SKEW_MS,
+    AudienceRecord,
+    AudienceStore,
+    BadPageToken,
+    now_ms,
+)
 from services.common.validation import require_audience_id, require_id
 
 MAX_NAME_LENGTH = 1024
-# A source time further ahead of our clock than this is taken as "now": a sender's clock
-# running fast must not make its changes win over every later one.
-MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
 
@@ -171,6 +174,8 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
 
 
 async def _source_time(context: grpc.aio.ServicerContext, timestamp_ms: int) -> int:
+    """The change's source time; one further ahead of our clock than MAX_CLOCK_SKEW_MS is
+    taken as "now", so that a sender's fast clock cannot make its changes win for ever."""
     if timestamp_ms < 0:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "timestamp_ms must not be negative")
     now = now_ms()

@@ -45,6 +45,8 @@ import orjson
 import redis.asyncio
 
 BUCKETS = 4096
+# A source time further ahead of our clock than this is taken as "now" (see the servicer).
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 # Membership changes applied by one script call: a few milliseconds of Redis time.
 APPLY_STEP = 2000
 CLEANUP_ACCOUNTS = "au:gc-accounts"
@@ -164,14 +166,18 @@ class AudienceStore:
         added = removed = stale = 0
         for step in _steps(changes, APPLY_STEP):
             now = now_ms()
+            generation = now // self._window_ms
             args: list[str | int] = [
                 tag,
                 now,
                 connector_id,
                 len(step),
                 source_time_ms,
-                now // self._window_ms,
+                generation,
                 self._tombstone_ttl_seconds,
+                # Tombstones written before this generation began carry source times no
+                # later than its start plus the clock skew the service accepts.
+                generation * self._window_ms + MAX_CLOCK_SKEW_MS,
             ]
             for audience_id, name, adds, deletes in step:
                 args += (audience_id, name, " ".join(map(str, adds)), " ".join(map(str, deletes)))

@@ -2,9 +2,11 @@
 --
 -- KEYS[1]  au:idx:{A}   (names the account's hash slot; every key touched carries {A})
 -- ARGV     tag ("{A}"), now (ms), connector id, audience count, the changes' source time
---          (ms, > 0), the current ordering generation, the TTL of tombstones (s), then for
---          each audience: audience id, name (used if the audience is new), MPIDs added,
---          MPIDs deleted, the MPIDs being canonical decimal strings separated by spaces.
+--          (ms, > 0), the current ordering generation, the TTL of tombstones (s), the
+--          newest source time a tombstone of the previous generation can have (ms), then
+--          for each audience: audience id, name (used if the audience is new), MPIDs
+--          added, MPIDs deleted, the MPIDs being canonical decimal strings separated by
+--          spaces.
 -- Returns  {memberships added, removed, changes ignored as stale}
 --
 -- Ordering: a member's field in its user hash holds the source time of the change that
@@ -16,6 +18,7 @@
 local tag, now, connector = ARGV[1], ARGV[2], ARGV[3]
 local count, source_time = tonumber(ARGV[4]), ARGV[5]
 local time_value, generation, tombstone_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local check_previous = time_value <= tonumber(ARGV[8])
 local idx = KEYS[1]
 local users = 'au:usr:' .. tag .. ':'
 local removals = 'au:removed:' .. tag
@@ -50,7 +53,7 @@ local function ensure_audience(audience, name, meta)
 end
 
 for a = 0, count - 1 do
-  local base = 8 + 4 * a
+  local base = 9 + 4 * a
   local audience, name, adds, deletes = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
   local meta = 'au:meta:' .. tag .. ':' .. audience
 
@@ -82,7 +85,9 @@ for a = 0, count - 1 do
       end
       local n = digits % 256
       local tombstone = redis.call('HGET', gone_now .. n, mpid)
-        or redis.call('HGET', gone_before .. n, mpid)
+      if not tombstone and check_previous then
+        tombstone = redis.call('HGET', gone_before .. n, mpid)
+      end
       return tombstone and tonumber(tombstone) > time_value
     end
 
