@@ -51,6 +51,8 @@ class ProcessSuite:
             SEGMENT_METRICS_PORT=str(self.metrics_ports["segment"]),
             READINESS_INTERVAL_SECONDS="0.2",
             SHUTDOWN_GRACE_SECONDS="5",
+            # Every request asks the keys service, so that its faults show.
+            GATEWAY_KEY_CACHE_SECONDS="0",
         )
         self.env.update(env)
 

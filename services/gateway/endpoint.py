@@ -1,6 +1,7 @@
 """POST /mparticle: every Firehose message mParticle sends, answered with its *_response."""
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import time
@@ -8,6 +9,7 @@ import uuid
 from typing import Any
 
 import grpc
+from cachetools import TTLCache
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
@@ -56,6 +58,10 @@ class MparticleEndpoint:
         self._trusted = _Pool(settings.max_in_flight)
         self._untrusted = _Pool(UNAUTHENTICATED_IN_FLIGHT)
         self._large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+        # SHA-256 of a key -> its owner, or None for a rejected key.
+        self._owners: TTLCache[bytes, keys_pb2.ValidateKeyResponse | None] | None = None
+        if settings.key_cache_seconds > 0:
+            self._owners = TTLCache(maxsize=10_000, ttl=settings.key_cache_seconds)
 
     async def __call__(self, request: Request) -> Response:
         trusted = self._has_token(request)
@@ -195,19 +201,29 @@ class MparticleEndpoint:
     async def _authenticate(
         self, request: Request, account: firehose.Account
     ) -> keys_pb2.ValidateKeyResponse | None:
-        """The key's owner, or None when the key is missing, unknown or revoked."""
+        """The key's owner, or None when the key is missing, unknown or revoked. Answers are
+        reused for GATEWAY_KEY_CACHE_SECONDS; failures to ask are not."""
         plaintext = account.account_settings.get(self._settings.api_key_setting, "").strip()
         if not plaintext:
             return None
+
+        digest = hashlib.sha256(plaintext.encode()).digest()
+        if self._owners is not None and digest in self._owners:
+            return self._owners[digest]
+
         try:
-            return await self._upstreams.keys.ValidateKey(
+            owner = await self._upstreams.keys.ValidateKey(
                 keys_pb2.ValidateKeyRequest(plaintext=plaintext), timeout=_time_left(request)
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
-                return None
-            metrics.UPSTREAM_ERRORS.labels("keys", error.code().name).inc()
-            raise ApiError.from_grpc(error, "keys") from None
+            if error.code() != grpc.StatusCode.UNAUTHENTICATED:
+                metrics.UPSTREAM_ERRORS.labels("keys", error.code().name).inc()
+                raise ApiError.from_grpc(error, "keys") from None
+            owner = None
+
+        if self._owners is not None:
+            self._owners[digest] = owner
+        return owner
 
     async def _call(
         self, request: Request, upstream: str, method: Any, message: Any, allowance: float = 0.0

@@ -261,7 +261,7 @@ def _read_membership_fast(body: bytes) -> Message | None:
     try:
         decoded = _FAST_DECODER.decode(body)
         batch = _collect_fast(decoded.user_profiles or [])
-    except (msgspec.DecodeError, msgspec.ValidationError, _NotFast):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, _NotFast):
         return None
 
     envelope = Envelope.model_construct(

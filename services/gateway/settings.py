@@ -15,6 +15,9 @@ class GatewaySettings(BaseServiceSettings):
     )
     # Seconds a request body may take to arrive; past it, 408 (which mParticle retries).
     body_timeout_seconds: float = Field(10.0, validation_alias="GATEWAY_BODY_TIMEOUT_SECONDS", gt=0)
+    # Seconds an API key's validation is reused (0: ask the keys service every time). A
+    # revoked key stops working within this bound.
+    key_cache_seconds: float = Field(2.0, validation_alias="GATEWAY_KEY_CACHE_SECONDS", ge=0)
     # Requests to /mparticle handled at once; past it, the gateway answers 429 at once.
     max_in_flight: int = Field(256, validation_alias="GATEWAY_MAX_IN_FLIGHT", gt=0)
     # Largest accepted request body, in bytes, before and after gunzip.
