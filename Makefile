@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/*/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto proto-check lint format run test k8s-check clean
+.PHONY: help install proto proto-check lint format run test k8s-check bench clean
 
 help:
 	@echo "make run          start Redis and the four services (gateway on http://127.0.0.1:8080)"
@@ -14,6 +14,7 @@ help:
 	@echo "make proto-check  prove the committed stubs match protos/"
 	@echo "make k8s-check    render deploy/k8s and its overlays, validate them offline against"
 	@echo "                  the Kubernetes schemas, and check that they agree with the code"
+	@echo "make bench        measure the suite against raw Redis and raw gRPC (a few minutes)"
 	@echo "make lint         ruff check and format check"
 	@echo "make format       ruff fix and format"
 
@@ -55,6 +56,9 @@ k8s-check: install
 
 test: install proto-check lint k8s-check
 	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache var

@@ -29,8 +29,8 @@ def _debug_command_args(binary: str) -> tuple[str, ...]:
 
 
 class ProcessSuite:
-    def __init__(self, data_dir: Path, **env: str) -> None:
-        self.redis = EmbeddedRedis(data_dir=data_dir / "redis")
+    def __init__(self, data_dir: Path, *, persistent: bool = True, **env: str) -> None:
+        self.redis = EmbeddedRedis(data_dir=data_dir / "redis" if persistent else None)
         self.redis.extra_args = _debug_command_args(self.redis.binary)
         self.ports = {name: free_port() for name in SERVICES}
         self.metrics_ports = {name: free_port() for name in SERVICES if name != "gateway"}
@@ -69,6 +69,11 @@ class ProcessSuite:
         return self
 
     def start_service(self, name: str) -> None:
+        previous = self.processes.get(name)
+        if previous is not None:
+            # Reap a process a test killed, before its handle is replaced.
+            previous.wait(15)
+
         with (self.logs / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
@@ -139,6 +144,7 @@ class ProcessSuite:
                 codes[name] = process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
                 codes[name] = None
         if self.redis.process is not None and self.redis.process.poll() is None:
             os.kill(self.redis.process.pid, signal.SIGCONT)

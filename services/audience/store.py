@@ -47,8 +47,9 @@ import redis.asyncio
 BUCKETS = 4096
 # A source time further ahead of our clock than this is taken as "now" (see the servicer).
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
-# Membership changes applied by one script call: a few milliseconds of Redis time.
-APPLY_STEP = 2000
+# Membership changes applied by one script call: a few milliseconds of Redis time at most,
+# so that other commands never wait long behind one.
+APPLY_STEP = 500
 CLEANUP_ACCOUNTS = "au:gc-accounts"
 
 

@@ -25,34 +25,46 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Wrapped handlers, built once per method: this runs on every call.
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is not None:
+            return wrapped
+
+        handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or method.startswith("/grpc."):
             return handler
-
-        request_id = _request_id(handler_call_details.invocation_metadata)
-        return grpc.unary_unary_rpc_method_handler(
-            _wrap(method, request_id, handler.unary_unary),
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            _wrap(method, handler.unary_unary),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._handlers[method] = wrapped
+        return wrapped
 
 
-def _request_id(metadata: Any) -> str:
-    for key, value in metadata or ():
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
             return value
     return uuid.uuid4().hex
 
 
-def _wrap(method: str, request_id: str, behavior: Behavior) -> Behavior:
+def _wrap(method: str, behavior: Behavior) -> Behavior:
+    service, _, name = method.lstrip("/").partition("/")
+    latency = metrics.RPC_SECONDS.labels(service, name)
+    handled: dict[grpc.StatusCode, Any] = {}
+
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        token = logs.request_id.set(request_id)
+        token = logs.request_id.set(_request_id(context))
         account_token = logs.account.set(getattr(request, "account_id", ""))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -75,13 +87,15 @@ def _wrap(method: str, request_id: str, behavior: Behavior) -> Behavior:
             await context.abort(code, "internal error")
         finally:
             elapsed = time.perf_counter() - started
-            metrics.RPCS_HANDLED.labels(service, name, code.name).inc()
-            metrics.RPC_SECONDS.labels(service, name).observe(elapsed)
+            counter = handled.get(code)
+            if counter is None:
+                counter = handled[code] = metrics.RPCS_HANDLED.labels(service, name, code.name)
+            counter.inc()
+            latency.observe(elapsed)
             _log_rpc(method, code, elapsed)
             logs.account.reset(account_token)
             logs.request_id.reset(token)
 
-    service, _, name = method.lstrip("/").partition("/")
     return handle
 
 
