@@ -8,7 +8,8 @@ stays within one Redis Cluster hash slot; accounts spread across a cluster's sha
   au:seq:{A}               string last incarnation id issued
   au:meta:{A}:<aid>        hash   iid, name, description, connector (last), connectors
                                   (space-separated), subscribed, members, created, updated
-                                  (ms), settings (JSON), hw and subts (source times, ms)
+                                  (ms), settings (JSON), and source times (ms): hw (newest
+                                  change), dhw (newest removal of a member), subts
   au:mem:{A}:<iid>:<b>     set    MPIDs of one bucket (0-4095) of an audience's members
   au:usr:{A}:<mpid>        hash   incarnation id of each audience the MPID is in -> source
                                   time (ms) of the change that added it

@@ -63,25 +63,25 @@ for a = 0, count - 1 do
     stale = stale + words(adds) + words(deletes)
   else
     local iid = ensure_audience(audience, name, meta)
-    local high_water = tonumber(redis.call('HGET', meta, 'hw') or '0')
+    local marks = redis.call('HMGET', meta, 'hw', 'dhw')
+    local high_water, deleted_water = tonumber(marks[1] or '0'), tonumber(marks[2] or '0')
     local in_order = time_value >= high_water
     if time_value > high_water then
       redis.call('HSET', meta, 'hw', source_time)
     end
+    -- Only a tombstone newer than this step could overrule it: none exists when this step
+    -- is at least as new as every removal the audience has seen ("dhw").
+    local check_tombstones = time_value < deleted_water
 
     local members = 'au:mem:' .. tag .. ':' .. iid .. ':'
     local gone = 'au:gone:' .. tag .. ':' .. iid .. ':'
     local gone_now, gone_before = gone .. generation .. ':', gone .. (generation - 1) .. ':'
     local tombstones = {}
 
-    -- Whether a change newer than this one was applied to the membership already.
-    local function superseded(user, mpid, digits)
-      if in_order then
+    -- Whether a removal newer than this step was applied to a non-member.
+    local function removed_later(mpid, digits)
+      if not check_tombstones then
         return false
-      end
-      local stamp = redis.call('HGET', user, iid)
-      if stamp and tonumber(stamp) > time_value then
-        return true
       end
       local n = digits % 256
       local tombstone = redis.call('HGET', gone_now .. n, mpid)
@@ -91,33 +91,62 @@ for a = 0, count - 1 do
       return tombstone and tonumber(tombstone) > time_value
     end
 
+    -- Whether a member was added by a change newer than this step.
+    local function added_later(user)
+      local stamp = redis.call('HGET', user, iid)
+      return stamp and tonumber(stamp) > time_value
+    end
+
     -- Buckets keep each member set small enough for Redis's compact intset encoding; the
     -- bucket is a fixed function of the MPID's canonical string: last 12 digits mod 4096.
+    -- A member always has its stamp in its user hash, so a membership that SADD or SREM
+    -- finds absent has no stamp to read; a member's stamp is newer than any tombstone of it.
+    -- Out of order, each change is applied first and undone in the rare case it was stale.
     local delta_added, delta_removed = 0, 0
     for mpid in string.gmatch(adds, '%S+') do
       local user, digits = users .. mpid, tonumber(string.sub(mpid, -12))
-      if superseded(user, mpid, digits) then
+      local set = members .. (digits % 4096)
+      if redis.call('SADD', set, mpid) == 1 then
+        if not in_order and removed_later(mpid, digits) then
+          redis.call('SREM', set, mpid)
+          stale = stale + 1
+        else
+          redis.call('HSET', user, iid, source_time)
+          delta_added = delta_added + 1
+        end
+      elseif not in_order and added_later(user) then
         stale = stale + 1
       else
-        delta_added = delta_added + redis.call('SADD', members .. (digits % 4096), mpid)
         redis.call('HSET', user, iid, source_time)
       end
     end
     for mpid in string.gmatch(deletes, '%S+') do
       local user, digits = users .. mpid, tonumber(string.sub(mpid, -12))
-      if superseded(user, mpid, digits) then
-        stale = stale + 1
-      else
-        if redis.call('SREM', members .. (digits % 4096), mpid) == 1 then
+      local set = members .. (digits % 4096)
+      local applied = true
+      if redis.call('SREM', set, mpid) == 1 then
+        if not in_order and added_later(user) then
+          redis.call('SADD', set, mpid)
+          applied = false
+        else
           redis.call('HDEL', user, iid)
           delta_removed = delta_removed + 1
         end
+      elseif not in_order and removed_later(mpid, digits) then
+        applied = false
+      end
+      if applied then
         local key = gone_now .. (digits % 256)
         redis.call('HSET', key, mpid, source_time)
         tombstones[key] = true
+      else
+        stale = stale + 1
       end
     end
 
+    if next(tombstones) ~= nil and time_value > deleted_water then
+      redis.call('HSET', meta, 'dhw', source_time)
+    end
     for key in pairs(tombstones) do
       redis.call('EXPIRE', key, tombstone_ttl)
     end
