@@ -60,7 +60,14 @@ def main() -> int:
         "redis-benchmark", "redis-tools")}  # fmt: skip
     report = Report(machine=_machine(), tools=tools)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    suite = ProcessSuite(work, persistent=False, LOG_LEVEL="WARNING")
+    # The settings of a deployment (deploy/k8s/config.yaml), where the test suite's differ.
+    suite = ProcessSuite(
+        work,
+        persistent=False,
+        LOG_LEVEL="INFO",
+        GATEWAY_KEY_CACHE_SECONDS="2",
+        READINESS_INTERVAL_SECONDS="1",
+    )
     suite.start()
     try:
         api_key = suite.create_api_key(ACCOUNT)

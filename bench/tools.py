@@ -11,11 +11,11 @@ def find_or_install(command: str, debian_package: str) -> str:
     path = shutil.which(command)
     if path is None and shutil.which("apt-get"):
         print(f"bench: {command} not found; installing {debian_package}", file=sys.stderr)
-        subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", debian_package],
-            check=False,
-            capture_output=True,
-        )
+        install = ["apt-get", "install", "-y", "--no-install-recommends", debian_package]
+        if subprocess.run(install, check=False, capture_output=True).returncode != 0:
+            # A fresh machine may have no package lists yet.
+            subprocess.run(["apt-get", "update"], check=False, capture_output=True)
+            subprocess.run(install, check=False, capture_output=True)
         path = shutil.which(command)
     if path is None:
         sys.exit(f"bench: {command} is needed; install the {debian_package} package")

@@ -96,10 +96,12 @@ class ProcessSuite:
             for name, process in self.processes.items():
                 assert process.poll() is None, f"{name} exited:\n{self.log(name)}"
             try:
-                if httpx.get(f"{self.gateway_url}/readyz", timeout=1).status_code == 200:
-                    return
+                gateway_ready = httpx.get(f"{self.gateway_url}/readyz", timeout=1).is_success
             except httpx.HTTPError:
-                pass
+                gateway_ready = False
+            # The gateway's readiness covers keys and audience, not segment.
+            if gateway_ready and self.health("segment") == health_pb2.HealthCheckResponse.SERVING:
+                return
             time.sleep(0.1)
         raise AssertionError("the suite did not become ready")
 

@@ -269,7 +269,10 @@ def test_storage_outage_is_unavailable_and_not_serving() -> None:
 
     async def scenario() -> tuple[grpc.StatusCode, int]:
         settings = AudienceSettings(
-            redis_url=f"redis://127.0.0.1:{free_port()}/0", port=0, readiness_interval_seconds=0.1
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            port=0,
+            metrics_port=0,
+            readiness_interval_seconds=0.1,
         )
         server = await create_server(settings)
         await server.start()

