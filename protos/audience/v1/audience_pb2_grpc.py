@@ -87,9 +87,14 @@ class AudienceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ApplyMembershipChanges(self, request, context):
-        """Applies a batch of membership changes atomically: all of it or none of it.
-        Memberships for an audience with no subscription are kept; the audience is
-        created with the name given here.
+        """Applies a batch of membership changes, in steps of at most 500 changes that
+        are each atomic, so that no step holds Redis for long. OK means every change
+        was applied (or ignored as stale). On an error (UNAVAILABLE when Redis cannot
+        be reached, DEADLINE_EXCEEDED), some steps may have been applied: send the
+        batch again, which changes nothing more than sending it once. Memberships for
+        an audience with no subscription are kept; the audience is created with the
+        name given here. INVALID_ARGUMENT for a bad id, an audience listed twice or an
+        MPID listed twice for one audience.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

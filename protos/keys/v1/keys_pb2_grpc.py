@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class KeyServiceStub:
-    """Issues, checks and revokes API keys.
+    """Issues, checks and revokes API keys. Every RPC answers UNAVAILABLE when Redis cannot
+    be reached (retry); those that take an account_id answer INVALID_ARGUMENT when it is
+    empty or malformed.
     """
 
     def __init__(self, channel):
@@ -58,7 +60,9 @@ class KeyServiceStub:
 
 
 class KeyServiceServicer:
-    """Issues, checks and revokes API keys.
+    """Issues, checks and revokes API keys. Every RPC answers UNAVAILABLE when Redis cannot
+    be reached (retry); those that take an account_id answer INVALID_ARGUMENT when it is
+    empty or malformed.
     """
 
     def CreateKey(self, request, context):
@@ -88,7 +92,7 @@ class KeyServiceServicer:
 
     def ListKeys(self, request, context):
         """Lists an account's keys, revoked ones included, newest first. Never returns a
-        secret or a hash.
+        secret or a hash. An account without keys gets an empty list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,7 +130,9 @@ def add_KeyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KeyService:
-    """Issues, checks and revokes API keys.
+    """Issues, checks and revokes API keys. Every RPC answers UNAVAILABLE when Redis cannot
+    be reached (retry); those that take an account_id answer INVALID_ARGUMENT when it is
+    empty or malformed.
     """
 
     @staticmethod

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class SegmentServiceStub:
-    """Manages connectors and lists the segments each one offers.
+    """Manages connectors and lists the segments each one offers. Every RPC answers
+    UNAVAILABLE when Redis cannot be reached (retry), and INVALID_ARGUMENT for an empty
+    or malformed account_id or connector_id.
     """
 
     def __init__(self, channel):
@@ -63,7 +65,9 @@ class SegmentServiceStub:
 
 
 class SegmentServiceServicer:
-    """Manages connectors and lists the segments each one offers.
+    """Manages connectors and lists the segments each one offers. Every RPC answers
+    UNAVAILABLE when Redis cannot be reached (retry), and INVALID_ARGUMENT for an empty
+    or malformed account_id or connector_id.
     """
 
     def CreateConnector(self, request, context):
@@ -75,7 +79,7 @@ class SegmentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListConnectors(self, request, context):
-        """Lists an account's connectors, ordered by name.
+        """Lists an account's connectors, ordered by name; an empty list when it has none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,7 +147,9 @@ def add_SegmentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SegmentService:
-    """Manages connectors and lists the segments each one offers.
+    """Manages connectors and lists the segments each one offers. Every RPC answers
+    UNAVAILABLE when Redis cannot be reached (retry), and INVALID_ARGUMENT for an empty
+    or malformed account_id or connector_id.
     """
 
     @staticmethod
