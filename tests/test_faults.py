@@ -26,8 +26,10 @@ from tests.processes import ProcessSuite
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 RETRIED = {408, 429, 500, 502, 503, 504}
-# The gateway's budget is 0.9 s; the rest is slack for a busy machine.
-ANSWER_WITHIN_SECONDS = 1.5
+# What mParticle must get during a fault: an answer it retries, within a second (the
+# gateway's budget is 0.75 s), and service again within two seconds of the fault ending.
+ANSWER_WITHIN_SECONDS = 1.0
+RECOVER_WITHIN_SECONDS = 2.0
 
 
 class Sender:
@@ -136,7 +138,7 @@ def test_redis_stopped_and_restarted(suite: ProcessSuite, sender: Sender) -> Non
 
     suite.redis.start()
 
-    assert sender.send_until_accepted(timeout=2.5) < 2.5
+    assert sender.send_until_accepted(timeout=RECOVER_WITHIN_SECONDS) < RECOVER_WITHIN_SECONDS
     wait_for(lambda: readyz(suite) == 200, timeout=2)
     sender.assert_nothing_lost()
 
@@ -150,7 +152,7 @@ def test_redis_paused_with_sigstop(suite: ProcessSuite, sender: Sender) -> None:
     finally:
         os.kill(suite.redis.process.pid, signal.SIGCONT)
 
-    assert sender.send_until_accepted(timeout=2.5) < 2.5
+    assert sender.send_until_accepted(timeout=RECOVER_WITHIN_SECONDS) < RECOVER_WITHIN_SECONDS
     sender.assert_nothing_lost()
 
 
@@ -163,39 +165,50 @@ def test_redis_busy_with_debug_sleep(suite: ProcessSuite, sender: Sender) -> Non
     assert_fault_answers(sender, count=1)
 
     sleeper.join()
-    assert sender.send_until_accepted(timeout=2.5) < 2.5
+    assert sender.send_until_accepted(timeout=RECOVER_WITHIN_SECONDS) < RECOVER_WITHIN_SECONDS
     sender.assert_nothing_lost()
     client.close()
 
 
 def test_redis_loading_its_data(suite: ProcessSuite, sender: Sender) -> None:
     client = redis.Redis.from_url(suite.redis.url)
-    client.execute_command("DEBUG", "POPULATE", 2_000_000, "filler")
+    # Values of 1 kB, uncompressed: a loading server answers (LOADING) every 2 MB it reads.
+    client.execute_command("DEBUG", "POPULATE", 30_000, "filler", 1000)
+    client.config_set("rdbcompression", "no")
     client.bgrewriteaof()
     wait_for(lambda: not client.info("persistence")["aof_rewrite_in_progress"], timeout=60)
     client.close()
     suite.redis.stop()
 
+    # 200 µs a key: the restarted server is loading for about six seconds.
+    suite.redis.extra_args += ("--key-load-delay", "200")
     suite.redis.launch()
-    probe = redis.Redis.from_url(suite.redis.url)
+    probe = redis.Redis.from_url(suite.redis.url, socket_timeout=0.5)
 
     def loading() -> bool:
         try:
             probe.ping()
-        except redis.exceptions.BusyLoadingError:
+        except (redis.exceptions.BusyLoadingError, redis.exceptions.TimeoutError):
             return True
         except redis.exceptions.ConnectionError:
             pass
         return False
 
     wait_for(loading, timeout=10)
-    response, elapsed = sender.send()
-    still_loading = loading()
+    answered_while_loading = 0
+    while loading():
+        response, elapsed = sender.send()
+        if not loading():
+            break
+        assert response.status_code == 503, response.text
+        assert elapsed < ANSWER_WITHIN_SECONDS
+        answered_while_loading += 1
+        time.sleep(0.1)
+    loaded_at = time.monotonic()
 
-    assert response.status_code == 503 or not still_loading
-    assert elapsed < ANSWER_WITHIN_SECONDS
-    wait_for(lambda: not loading(), timeout=30)
-    assert sender.send_until_accepted(timeout=2.5) < 2.5
+    assert answered_while_loading >= 3
+    sender.send_until_accepted(timeout=RECOVER_WITHIN_SECONDS)
+    assert time.monotonic() - loaded_at < RECOVER_WITHIN_SECONDS
     sender.assert_nothing_lost()
     probe.close()
 
@@ -210,7 +223,7 @@ def test_audience_service_killed_and_restarted(suite: ProcessSuite, sender: Send
     suite.start_service("audience")
     wait_for(lambda: suite.health("audience") == SERVING, timeout=15)
 
-    assert sender.send_until_accepted(timeout=2.5) < 2.5
+    assert sender.send_until_accepted(timeout=RECOVER_WITHIN_SECONDS) < RECOVER_WITHIN_SECONDS
     sender.assert_nothing_lost()
 
 
@@ -223,7 +236,7 @@ def test_keys_service_killed_and_restarted(suite: ProcessSuite, sender: Sender) 
     suite.start_service("keys")
     wait_for(lambda: suite.health("keys") == SERVING, timeout=15)
 
-    assert sender.send_until_accepted(timeout=2.5) < 2.5
+    assert sender.send_until_accepted(timeout=RECOVER_WITHIN_SECONDS) < RECOVER_WITHIN_SECONDS
     sender.assert_nothing_lost()
 
 
@@ -247,7 +260,7 @@ def test_overload_is_shed_with_429_at_once(tmp_path: Path) -> None:
         os.kill(suite.redis.process.pid, signal.SIGCONT)
         for thread in slow:
             thread.join()
-        assert sender.send_until_accepted(timeout=2.5) < 2.5
+        assert sender.send_until_accepted(timeout=RECOVER_WITHIN_SECONDS) < RECOVER_WITHIN_SECONDS
         sender.assert_nothing_lost()
     finally:
         suite.stop()

@@ -11,7 +11,7 @@ class GatewaySettings(BaseServiceSettings):
     # Time budget of one mParticle request, in seconds: its gRPC calls together get no more,
     # so that a stalled dependency is answered with a retried 503 within a second.
     request_timeout_seconds: float = Field(
-        0.9, validation_alias="GATEWAY_REQUEST_TIMEOUT_SECONDS", gt=0
+        0.75, validation_alias="GATEWAY_REQUEST_TIMEOUT_SECONDS", gt=0
     )
     # Seconds a request body may take to arrive; past it, 408 (which mParticle retries).
     body_timeout_seconds: float = Field(10.0, validation_alias="GATEWAY_BODY_TIMEOUT_SECONDS", gt=0)
