@@ -2,17 +2,21 @@
 secrets, metrics under faults, and an orderly SIGTERM under continuous traffic."""
 
 import json
+import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import pytest
 
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
+from protos.keys.v1 import keys_pb2, keys_pb2_grpc
 from protos.segment.v1 import segment_pb2, segment_pb2_grpc
 from tests.conftest import fixture_json
 from tests.processes import ProcessSuite
@@ -226,15 +230,77 @@ def test_sigterm_under_traffic_loses_nothing_and_exits_0(suite: ProcessSuite) ->
     assert traffic.accepted | {-42} <= stored_members(suite)
 
 
-def stored_members(suite: ProcessSuite) -> set[int]:
+def stored_members(suite: ProcessSuite, audience_id: int = 7) -> set[int]:
     stub = suite.stub("audience", audience_pb2_grpc.AudienceServiceStub)
     members: set[int] = set()
     token = ""
     while True:
         page = stub.ListMembers(
-            audience_pb2.ListMembersRequest(account_id="acme", audience_id=7, page_token=token)
+            audience_pb2.ListMembersRequest(
+                account_id="acme", audience_id=audience_id, page_token=token
+            )
         )
         members.update(page.mpids)
         token = page.next_page_token
         if not token:
             return members
+
+
+def test_sigterm_lets_every_call_in_flight_finish(suite: ProcessSuite) -> None:
+    """Calls held up by a paused Redis are in flight when SIGTERM arrives: each completes,
+    calls that arrive afterwards are refused, and the service exits 0 within its grace."""
+    api_key = suite.create_api_key()
+    keys = suite.stub("keys", keys_pb2_grpc.KeyServiceStub)
+    audience = suite.stub("audience", audience_pb2_grpc.AudienceServiceStub)
+    segment = suite.stub("segment", segment_pb2_grpc.SegmentServiceStub)
+    calls = {
+        "keys": lambda: keys.ValidateKey(keys_pb2.ValidateKeyRequest(plaintext=api_key), timeout=5),
+        "audience": lambda: audience.ApplyMembershipChanges(
+            audience_pb2.ApplyMembershipChangesRequest(
+                account_id="acme",
+                connector_id="con_0000000000000000",
+                audiences=[audience_pb2.AudienceChanges(audience_id=8, add_mpids=[-7, 7])],
+            ),
+            timeout=5,
+        ),
+        "segment": lambda: segment.ListSegments(
+            segment_pb2.ListSegmentsRequest(account_id="acme"), timeout=5
+        ),
+    }
+    assert suite.redis.process is not None
+    redis_pid = suite.redis.process.pid
+
+    for service, call in calls.items():
+        results: list[object] = []
+        os.kill(redis_pid, signal.SIGSTOP)
+        in_flight = threading.Thread(target=_record_outcome, args=(call, results))
+        in_flight.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        suite.signal(service, signal.SIGTERM)
+        time.sleep(0.3)
+        late = _outcome(call)
+        os.kill(redis_pid, signal.SIGCONT)
+        in_flight.join()
+        code = suite.processes[service].wait(GRACE_SECONDS + 10)
+
+        assert not isinstance(results[0], grpc.StatusCode), (service, results[0])
+        assert late == grpc.StatusCode.UNAVAILABLE, service
+        assert code == 0, (service, suite.log(service)[-2000:])
+        assert time.monotonic() - started < GRACE_SECONDS, service
+        suite.start_service(service)
+        suite.wait_ready()
+
+    assert {-7, 7} <= stored_members(suite, audience_id=8)
+
+
+def _record_outcome(call: Any, results: list[object]) -> None:
+    results.append(_outcome(call))
+
+
+def _outcome(call: Any) -> object:
+    """The call's answer, or its status code when it failed."""
+    try:
+        return call()
+    except grpc.RpcError as error:
+        return error.code()
