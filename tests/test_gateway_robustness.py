@@ -288,6 +288,37 @@ def test_multi_member_gzip_is_read_whole(
     assert audiences(audience_stub)[5].member_count == 2
 
 
+def test_a_large_gzip_body_of_many_tiny_members_is_read_whole(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    content = json.dumps(membership(tenant.api_key, profile("1"), profile("2"))).encode()
+    body = gzip.compress(b" ") * 100_000 + gzip.compress(content)
+
+    response = http.post("/mparticle", content=body, headers={"Content-Encoding": "gzip"})
+
+    assert response.status_code == 200
+    assert audiences(audience_stub)[5].member_count == 2
+
+
+def test_a_non_ascii_request_id_is_replaced_not_an_error(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    content = json.dumps(membership(tenant.api_key, profile("1"))).encode()
+
+    response = http.post(
+        "/mparticle",
+        content=content,
+        headers=[
+            ("Content-Type", "application/json"),
+            ("X-Request-Id", "\xe9t\xe9".encode("latin-1")),
+        ],
+    )
+
+    assert response.status_code == 200
+    assert response.headers["x-request-id"].isascii()
+    assert audiences(audience_stub)[5].member_count == 1
+
+
 def test_gzip_with_trailing_garbage_is_400(http: httpx.Client, tenant: Tenant) -> None:
     content = json.dumps(membership(tenant.api_key, profile("1"))).encode()
 

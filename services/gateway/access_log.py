@@ -76,6 +76,7 @@ def _incoming_request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER.encode():
             text = value.decode("latin-1").strip()
-            if 0 < len(text) <= 128 and text.isprintable():
+            # gRPC metadata carries ASCII only; any other id is replaced by one of ours.
+            if 0 < len(text) <= 128 and text.isascii() and text.isprintable():
                 return text
     return ""

@@ -7,6 +7,10 @@ from starlette.requests import Request
 
 from services.gateway.errors import ApiError
 
+# Compressed bodies up to this size are inflated on the event loop; larger ones in a thread.
+_GUNZIP_ON_LOOP_BYTES = 64 * 1024
+_GUNZIP_CHUNK = 64 * 1024
+
 
 class BodyTooLarge(Exception):
     pass
@@ -40,9 +44,13 @@ async def read_body(request: Request, limit: int, timeout_seconds: float) -> byt
     except TimeoutError:
         raise ApiError(408, "body_timeout", "the body did not arrive in time") from None
 
-    if request.headers.get("content-encoding", "").strip().lower() == "gzip":
+    if request.headers.get("content-encoding", "").strip().lower() != "gzip":
+        return body
+    if len(body) <= _GUNZIP_ON_LOOP_BYTES:
         return _gunzip(body, limit)
-    return body
+    # Inflating megabytes takes a while: off the event loop, so that other requests and the
+    # probes are answered meanwhile.
+    return await asyncio.to_thread(_gunzip, body, limit)
 
 
 async def _read_stream(request: Request, limit: int) -> bytes:
@@ -57,23 +65,38 @@ async def _read_stream(request: Request, limit: int) -> bytes:
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
-    """Inflate every gzip member of ``body``, never producing more than ``limit`` bytes."""
+    """Inflate every gzip member of ``body``, never producing more than ``limit`` bytes.
+
+    The input is fed in chunks, so that what is left over at the end of each member is at
+    most a chunk: a body of many tiny members costs time in proportion to its size.
+    """
+    view = memoryview(body)
+    position = 0
+    pending: bytes | memoryview = b""
+    inflater = None
     output: list[bytes] = []
-    size = 0
-    remaining = body
-    while remaining:
-        inflater = zlib.decompressobj(wbits=31)
+    size = members = 0
+    while pending or position < len(body):
+        if not pending:
+            pending = view[position : position + _GUNZIP_CHUNK]
+            position += len(pending)
+        inflater = inflater or zlib.decompressobj(wbits=31)
         try:
-            inflated = inflater.decompress(remaining, limit + 1 - size)
+            inflated = inflater.decompress(pending, limit + 1 - size)
         except zlib.error:
             raise ApiError(400, "invalid_gzip", "the body is not valid gzip") from None
         size += len(inflated)
         if size > limit or inflater.unconsumed_tail:
             raise BodyTooLarge
-        if not inflater.eof:
-            raise ApiError(400, "invalid_gzip", "the gzip body is truncated")
         output.append(inflated)
-        remaining = inflater.unused_data
-    if not output:
+        if inflater.eof:
+            members += 1
+            pending, inflater = inflater.unused_data, None
+        else:
+            pending = b""
+
+    if inflater is not None:
+        raise ApiError(400, "invalid_gzip", "the gzip body is truncated")
+    if not members:
         raise ApiError(400, "invalid_gzip", "the gzip body is empty")
     return b"".join(output)
