@@ -170,6 +170,30 @@ def test_redis_busy_with_debug_sleep(suite: ProcessSuite, sender: Sender) -> Non
     client.close()
 
 
+@pytest.mark.parametrize(
+    ("fault", "undo"),
+    [
+        (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0")),
+        (("REPLICAOF", "127.0.0.1", "1"), ("REPLICAOF", "NO", "ONE")),
+    ],
+    ids=["out_of_memory", "read_only_replica"],
+)
+def test_redis_refusing_writes(
+    suite: ProcessSuite, sender: Sender, fault: tuple[str, ...], undo: tuple[str, ...]
+) -> None:
+    client = redis.Redis.from_url(suite.redis.url)
+    client.execute_command(*fault)
+    try:
+        assert_fault_answers(sender)
+    finally:
+        client.execute_command(*undo)
+
+    assert sender.send_until_accepted(timeout=RECOVER_WITHIN_SECONDS) < RECOVER_WITHIN_SECONDS
+    sender.assert_nothing_lost()
+    assert "Traceback" not in suite.log("audience") + suite.log("keys")
+    client.close()
+
+
 def test_redis_loading_its_data(suite: ProcessSuite, sender: Sender) -> None:
     client = redis.Redis.from_url(suite.redis.url)
     # Values of 1 kB, uncompressed: a loading server answers (LOADING) every 2 MB it reads.

@@ -14,7 +14,7 @@ MPIDS = st.one_of(
     st.integers(-(2**63), 2**63 - 1).map(str),
     st.sampled_from(["007", "-0", "0", "9223372036854775807", "-9223372036854775808"]),
     # Values only the lenient path reads, by skipping their profile:
-    st.sampled_from(["9223372036854775808", "1e3", "", " 1", "+1", 1.5, True, None]),
+    st.sampled_from(["9223372036854775808", "1e3", "", " 1", "+1", "1\n", 1.5, True, None]),
 )
 ENTRIES = st.fixed_dictionaries(
     {

@@ -5,13 +5,17 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-# Errors that mean "the store is unreachable or too slow right now": a caller may retry.
+# Errors that mean "the store cannot take this right now": a caller may retry. Besides an
+# unreachable or slow server, a full one (OOM, under maxmemory with noeviction) and a replica
+# that refuses writes (READONLY, during a failover) recover without any change on our side.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
 )
 
 

@@ -221,7 +221,8 @@ def read_message(body: bytes) -> Message:
 # the cyclic garbage collector (gc=False), which would otherwise scan them over and over.
 
 _FastMpid = (
-    Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]{1,20}$")]
+    # \Z, not $: "$" would also match before a final newline, which the lenient path refuses.
+    Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]{1,20}\Z")]
     | Annotated[int, msgspec.Meta(ge=MPID_MIN, le=MPID_MAX)]
 )
 
