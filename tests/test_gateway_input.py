@@ -99,6 +99,10 @@ def test_json_content_type_with_parameters_is_accepted(http: httpx.Client) -> No
         ({"audience_id": 1.5}, 400, "invalid_field", "$.audience_id"),
         ({"audience_id": True}, 400, "invalid_field", "$.audience_id"),
         ({"audience_id": "x"}, 400, "invalid_field", "$.audience_id"),
+        ({"audience_name": ""}, 400, "invalid_field", "$.audience_name"),
+        ({"audience_name": None}, 400, "invalid_field", "$.audience_name"),
+        ({"audience_name": {"a": 1}}, 400, "invalid_field", "$.audience_name"),
+        ({"action": "update", "audience_name": ""}, 400, "invalid_field", "$.audience_name"),
     ],
 )  # fmt: skip
 def test_bad_subscription_envelopes_are_400(
@@ -369,3 +373,13 @@ def test_bad_encodings(
     )
 
     assert_error(response, status, code, None)
+
+
+def test_a_remove_needs_no_audience_name(http: httpx.Client, tenant: Tenant) -> None:
+    body = {**fixture_json(SUBSCRIPTION, tenant.api_key), "action": "remove"}
+    body.pop("audience_name", None)
+
+    response = http.post("/mparticle", json=body)
+
+    assert response.status_code == 200
+    assert response.json()["type"] == "audience_subscription_response"

@@ -233,6 +233,19 @@ def test_a_legacy_profile_beside_current_ones_is_skipped(
     assert audiences(audience_stub)[5].member_count == 1
 
 
+@pytest.mark.parametrize("legacy_value", [None, [], [{"audience_id": 6}]])
+def test_legacy_keys_beside_audiences_are_ignored(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any, legacy_value: Any
+) -> None:
+    current = {**profile("1"), "added_audiences": legacy_value, "removed_audiences": []}
+
+    response = http.post("/mparticle", json=membership(tenant.api_key, current))
+
+    assert response.status_code == 200
+    assert audiences(audience_stub)[5].member_count == 1
+    assert 6 not in audiences(audience_stub)
+
+
 def test_loose_types_where_nothing_depends_on_them(
     http: httpx.Client, tenant: Tenant, audience_stub: Any
 ) -> None:

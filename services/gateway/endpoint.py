@@ -126,6 +126,14 @@ class MparticleEndpoint:
     async def _subscription(
         self, request: Request, envelope: firehose.Envelope, message: firehose.SubscriptionRequest
     ) -> Response:
+        if message.action != "remove" and not message.audience_name:
+            raise ApiError(
+                400,
+                "invalid_field",
+                "audience_name: required to add or update an audience",
+                "$.audience_name",
+            )
+
         owner = await self._authenticate(request, message.account)
         if owner is None:
             metrics.KEYS_REJECTED.labels(firehose.SUBSCRIPTION).inc()

@@ -282,9 +282,8 @@ def _collect_fast(profiles: list[_FastProfile]) -> MembershipBatch:
     batch = MembershipBatch()
     latest, names = batch.latest, batch.names
     for profile in profiles:
-        if profile.added_audiences is not msgspec.UNSET:
-            raise _NotFast
-        if profile.removed_audiences is not msgspec.UNSET:
+        legacy = profile.added_audiences, profile.removed_audiences
+        if profile.audiences is None and legacy != (msgspec.UNSET, msgspec.UNSET):
             raise _NotFast
         mpid = profile.mpid if isinstance(profile.mpid, int) else int(profile.mpid)
         if not MPID_MIN <= mpid <= MPID_MAX:
@@ -372,12 +371,7 @@ def read_membership(document: dict[str, Any]) -> tuple[MembershipRequest, Member
 def _without_legacy_profiles(profiles: list[Any], batch: MembershipBatch) -> list[Any]:
     """Profiles from before Firehose 2.0 carried added_audiences and removed_audiences. They
     are skipped; a message made only of them is refused, never silently ignored."""
-    legacy = [
-        index
-        for index, profile in enumerate(profiles)
-        if isinstance(profile, dict)
-        and ("added_audiences" in profile or "removed_audiences" in profile)
-    ]
+    legacy = [index for index, profile in enumerate(profiles) if _is_legacy(profile)]
     if not legacy:
         return profiles
 
@@ -395,6 +389,16 @@ def _without_legacy_profiles(profiles: list[Any], batch: MembershipBatch) -> lis
     skipped = set(legacy)
     # Keep the original positions, so that paths in the log point at the right profile.
     return [None if i in skipped else p for i, p in enumerate(profiles)]
+
+
+def _is_legacy(profile: Any) -> bool:
+    """A profile in the pre-2.0 shape: legacy lists and no ``audiences`` (beside which the
+    legacy keys are unknown fields, and ignored)."""
+    return (
+        isinstance(profile, dict)
+        and "audiences" not in profile
+        and ("added_audiences" in profile or "removed_audiences" in profile)
+    )
 
 
 def _valid_profiles_one_by_one(
