@@ -182,7 +182,9 @@ def test_a_bad_mpid_skips_only_its_profile(
     assert members(audience_stub) == {11, -12}
 
 
-@pytest.mark.parametrize("literal", ["1e3", "1.0", "123456789012345678901234567890"])
+@pytest.mark.parametrize(
+    "literal", ["1e3", "1.0", "123456789012345678901234567890", "9" * 5000], ids=str.__len__
+)
 def test_mpid_number_literals_beyond_int64_or_not_integers_skip_their_profile(
     http: httpx.Client, tenant: Tenant, audience_stub: Any, literal: str
 ) -> None:
@@ -383,3 +385,14 @@ def test_a_remove_needs_no_audience_name(http: httpx.Client, tenant: Tenant) -> 
 
     assert response.status_code == 200
     assert response.json()["type"] == "audience_subscription_response"
+
+
+def test_a_byte_order_mark_before_the_json_is_accepted(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    content = httpx.Request("POST", "/", json=membership(tenant, profile("11"))).content
+
+    response = http.post("/mparticle", content=b"\xef\xbb\xbf" + content)
+
+    assert response.status_code == 200
+    assert members(audience_stub) == {11}

@@ -188,6 +188,17 @@ def test_an_unusable_timestamp_is_read_as_now(
     assert audiences(audience_stub)[5].member_count == 1
 
 
+def test_a_timestamp_of_thousands_of_digits_is_read_as_now(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    body = membership(tenant.api_key, profile("1"))
+    body["timestamp_ms"] = "MARK"
+    text = json.dumps(body).replace('"MARK"', "7" * 5000)
+
+    assert http.post("/mparticle", content=text.encode()).status_code == 200
+    assert audiences(audience_stub)[5].member_count == 1
+
+
 def test_long_descriptions_are_cut_and_too_many_settings_refused(
     http: httpx.Client, tenant: Tenant, audience_stub: Any
 ) -> None:

@@ -301,6 +301,8 @@ def _collect_fast(profiles: list[_FastProfile]) -> MembershipBatch:
 
 def parse_json(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or ApiError 400."""
+    # JSON texts may start with a byte order mark, which parsers may ignore (RFC 8259, 8.1).
+    body = body.removeprefix(b"\xef\xbb\xbf")
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -319,7 +321,9 @@ def _parse_json_slowly(body: bytes) -> Any:
         raise ValueError(f"{name} is not JSON")
 
     try:
-        document = json.loads(body.decode("utf-8"), parse_constant=refuse_constant)
+        document = json.loads(
+            body.decode("utf-8"), parse_constant=refuse_constant, parse_int=_bounded_int
+        )
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_encoding", "the body must be UTF-8", "$") from None
     except RecursionError:
@@ -327,6 +331,12 @@ def _parse_json_slowly(body: bytes) -> Any:
     except ValueError as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}", "$") from None
     return _replace_lone_surrogates(document)
+
+
+def _bounded_int(digits: str) -> int | str:
+    """A JSON integer; one too long for any field is kept as its text, so that it fails
+    (or is ignored) on its own field, where Python would refuse to convert it at all."""
+    return int(digits) if len(digits) <= 64 else digits
 
 
 def _replace_lone_surrogates(document: Any) -> Any:
