@@ -23,7 +23,7 @@ from services.audience.server import create_server as create_audience_server
 from services.audience.settings import AudienceSettings
 from services.common.embedded_redis import EmbeddedRedis
 from services.common.grpc_server import GrpcServer
-from services.gateway.app import create_app
+from services.gateway.server import create_server as create_gateway_server
 from services.gateway.settings import GatewaySettings
 from services.keys.server import create_server as create_keys_server
 from services.keys.settings import KeysSettings
@@ -110,8 +110,7 @@ class Stack:
             mparticle_token=MPARTICLE_TOKEN,
             **overrides,
         )
-        config = uvicorn.Config(create_app(settings), port=0, log_config=None, lifespan="on")
-        gateway = uvicorn.Server(config)
+        gateway = create_gateway_server(settings)
         self._gateways.append((gateway, asyncio.create_task(gateway.serve())))
         while not gateway.started:  # noqa: ASYNC110 - uvicorn sets only a flag
             await asyncio.sleep(0.01)

@@ -354,3 +354,25 @@ def test_gzip_with_trailing_garbage_is_400(http: httpx.Client, tenant: Tenant) -
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_gzip"
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"",
+        b"POST /mparticle HTTP/1.1\r\nHost: x\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET",
+    ],
+    ids=["nothing", "part_of_the_headers", "a_request_then_part_of_the_next"],
+)
+def test_a_connection_whose_request_head_stalls_is_closed(stack: Stack, sent: bytes) -> None:
+    url = httpx.URL(stack.start_gateway(header_timeout_seconds=0.5))
+
+    with socket.create_connection((url.host, url.port), timeout=5) as connection:
+        connection.sendall(sent)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+
+    # recv returned b"": the server closed the connection, well before the socket timeout.
+    assert received.count(b"HTTP/1.1 200") == sent.count(b"/healthz")

@@ -1,11 +1,9 @@
 import signal
 import sys
 
-import uvicorn
-
 from services.common import asyncio_runner, logs
 from services.common.settings import SettingsError
-from services.gateway.app import create_app
+from services.gateway.server import create_server
 from services.gateway.settings import GatewaySettings
 
 
@@ -16,17 +14,7 @@ def main() -> None:
         sys.exit(f"gateway: {exc}")
 
     logs.configure("gateway", settings.log_level)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        )
-    )
+    server = create_server(settings)
     # uvicorn drains on SIGTERM and SIGINT, then raises the signal again for the handlers it
     # found; these make that second delivery a no-op, so an orderly stop exits with 0.
     for signum in (signal.SIGTERM, signal.SIGINT):

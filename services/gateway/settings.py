@@ -15,6 +15,11 @@ class GatewaySettings(BaseServiceSettings):
     )
     # Seconds a request body may take to arrive; past it, 408 (which mParticle retries).
     body_timeout_seconds: float = Field(10.0, validation_alias="GATEWAY_BODY_TIMEOUT_SECONDS", gt=0)
+    # Seconds a request's line and headers may take to arrive, from the connection's start or
+    # its previous response; past it, the connection is closed.
+    header_timeout_seconds: float = Field(
+        10.0, validation_alias="GATEWAY_HEADER_TIMEOUT_SECONDS", gt=0
+    )
     # Seconds an API key's validation is reused (0: ask the keys service every time). A
     # revoked key stops working within this bound.
     key_cache_seconds: float = Field(2.0, validation_alias="GATEWAY_KEY_CACHE_SECONDS", ge=0)

@@ -1,0 +1,57 @@
+"""uvicorn's HTTP protocol (httptools), with a deadline for each request's head.
+
+uvicorn closes a connection left idle after a response (``timeout_keep_alive``), but not one
+that sends part of a request line or of its headers and then stalls: enough of those would
+hold every file descriptor of the process. Here each request's head must be complete within
+a deadline from the moment the connection opens or its previous response was sent; past it,
+the connection is closed. (The body has its own deadline, ``GATEWAY_BODY_TIMEOUT_SECONDS``.)
+"""
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
+    """The protocol class to give uvicorn (``Config(http=...)``)."""
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._head_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_deadline()
+            super().connection_lost(exc)
+
+        def on_headers_complete(self) -> None:
+            self._disarm_head_deadline()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            # A pipelined request waiting for its turn has its head already.
+            next_head_pending = not self.pipeline
+            super().on_response_complete()
+            if next_head_pending and not self.transport.is_closing():
+                self._arm_head_deadline()
+
+        def _arm_head_deadline(self) -> None:
+            self._disarm_head_deadline()
+            self._head_deadline = self.loop.call_later(seconds, self._head_too_slow)
+
+        def _disarm_head_deadline(self) -> None:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+
+        def _head_too_slow(self) -> None:
+            self._head_deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
