@@ -11,7 +11,11 @@ Checked for the base and every overlay:
   leads to one of them;
 - a default-deny NetworkPolicy exists, every call the code makes (a *_TARGET or REDIS_URL
   setting) is allowed both ways, and no policy allows a call between pods of the suite that
-  the code does not make;
+  the code does not make; no rule opens a suite pod to every peer or every port, but for
+  the gateway's HTTP port, which mParticle calls from the internet;
+- every container has readiness and liveness probes; every Deployment has a
+  PodDisruptionBudget and a HorizontalPodAutoscaler; the gateway waits (preStop) for its
+  endpoint to leave the load balancers; scrape annotations name the port metrics are on;
 - no container runs as root or can gain privileges; root filesystems are read-only, all
   capabilities are dropped, seccomp is RuntimeDefault, requests and limits are set, and the
   grace period outlasts the service's own drain time;
@@ -92,6 +96,8 @@ def check(objects: Objects) -> list[str]:
         *settings_problems(objects),
         *port_problems(objects),
         *network_problems(objects),
+        *open_rule_problems(objects),
+        *availability_problems(objects),
         *security_problems(objects),
     ]
 
@@ -178,6 +184,72 @@ def network_problems(objects: Objects) -> Iterator[str]:
     for caller, callee, port in sorted((ingress | egress) - calls):
         if callee != "ipBlock":
             yield f"NetworkPolicy: allows {caller} -> {callee}:{port}, a call the code never makes"
+
+
+def open_rule_problems(objects: Objects) -> Iterator[str]:
+    """Rules of policies selecting suite pods that admit every peer or every port."""
+    pods = {_component(c): c.labels for c in _containers(objects)}
+    public = set(_public_ports(objects))
+    for policy in _of_kind(objects, "NetworkPolicy"):
+        spec = policy["spec"]
+        selected = {n for n, labels in pods.items() if _selects(spec["podSelector"], labels)}
+        if not selected:
+            continue
+        for direction, peers_key in (("ingress", "from"), ("egress", "to")):
+            for index, rule in enumerate(spec.get(direction, [])):
+                where = f"{_name(policy)}: {direction}[{index}]"
+                if not rule.get("ports"):
+                    yield f"{where} allows every port"
+                    continue
+                if not _open_peers(rule.get(peers_key)):
+                    continue
+                opened = {(pod, port) for pod in selected for port in _rule_ports(rule)}
+                if direction == "egress" or not opened <= public:
+                    yield f"{where} allows every peer"
+
+
+def availability_problems(objects: Objects) -> Iterator[str]:
+    for container in _containers(objects):
+        if container.spec in container.pod.get("initContainers", []):
+            continue
+        for probe in ("readinessProbe", "livenessProbe"):
+            if probe not in container.spec:
+                yield f"{container.where}: no {probe}"
+
+        settings_class = SETTINGS.get(container.module)
+        if settings_class is None:
+            continue
+        settings = _settings(settings_class, _environment(container, objects))
+        if isinstance(settings, str):
+            continue
+        annotations = container.workload["spec"]["template"]["metadata"].get("annotations", {})
+        metrics_port = getattr(settings, "metrics_port", settings.port)
+        if annotations.get("prometheus.io/scrape") != "true":
+            yield f"{container.where}: pods are not marked for scraping (prometheus.io/scrape)"
+        elif annotations.get("prometheus.io/port") != str(metrics_port):
+            yield (
+                f"{container.where}: prometheus.io/port is {annotations.get('prometheus.io/port')}"
+                f", but metrics are served on {metrics_port}"
+            )
+        if container.module == "services.gateway":
+            pre_stop = container.spec.get("lifecycle", {}).get("preStop", {})
+            if not pre_stop.get("sleep", {}).get("seconds") and "exec" not in pre_stop:
+                yield f"{container.where}: no preStop delay to leave the load balancers first"
+
+    for deployment in _of_kind(objects, "Deployment"):
+        name = deployment["metadata"]["name"]
+        labels = deployment["spec"]["template"]["metadata"].get("labels", {})
+        if not any(
+            _selects(pdb["spec"].get("selector", {}), labels)
+            for pdb in _of_kind(objects, "PodDisruptionBudget")
+        ):
+            yield f"Deployment/{name}: no PodDisruptionBudget covers its pods"
+        if not any(
+            hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                              "name": name}
+            for hpa in _of_kind(objects, "HorizontalPodAutoscaler")
+        ):  # fmt: skip
+            yield f"Deployment/{name}: no HorizontalPodAutoscaler scales it"
 
 
 def security_problems(objects: Objects) -> Iterator[str]:
@@ -440,6 +512,34 @@ def _peers(peers: list[dict[str, Any]] | None, pods: dict[str, dict[str, str]]) 
         elif "podSelector" in peer and "namespaceSelector" not in peer:
             names.update(n for n, labels in pods.items() if _selects(peer["podSelector"], labels))
     return names
+
+
+def _open_peers(peers: list[dict[str, Any]] | None) -> bool:
+    """Whether a rule's peers admit any address: none given, an empty peer, a selector of
+    every pod in every namespace, or an address range covering everything."""
+    if not peers:
+        return True
+    for peer in peers:
+        if not peer:
+            return True
+        if peer.get("ipBlock", {}).get("cidr") in ("0.0.0.0/0", "::/0"):
+            return True
+        if (
+            "namespaceSelector" in peer
+            and not peer["namespaceSelector"]
+            and not peer.get("podSelector")
+        ):
+            return True
+    return False
+
+
+def _public_ports(objects: Objects) -> Iterator[tuple[str, int]]:
+    """(pod, port) pairs meant to be reached from anywhere: the gateway's HTTP port."""
+    for container in _containers(objects):
+        if container.module == "services.gateway":
+            settings = _settings(GatewaySettings, _environment(container, objects))
+            if not isinstance(settings, str):
+                yield _component(container), settings.port
 
 
 def _rule_ports(rule: dict[str, Any]) -> list[int]:

@@ -165,3 +165,57 @@ def test_an_object_the_schema_refuses_is_caught(base: Objects) -> None:
 
     assert len(problems) == 1
     assert problems[0].startswith("Deployment/keys: not valid for Kubernetes 1.37.0")
+
+
+def test_a_rule_open_to_every_peer_or_port_is_caught(base: Objects) -> None:
+    def open_up(objects: Objects) -> None:
+        find(objects, "NetworkPolicy", "ingress-redis-from-keys")["spec"]["ingress"][0]["from"] = [
+            {}
+        ]
+        del find(objects, "NetworkPolicy", "egress-gateway-to-keys")["spec"]["egress"][0]["ports"]
+
+    problems = problems_after(base, open_up)
+
+    assert "NetworkPolicy/ingress-redis-from-keys: ingress[0] allows every peer" in problems
+    assert "NetworkPolicy/egress-gateway-to-keys: egress[0] allows every port" in problems
+
+
+def test_the_gateway_open_to_mparticle_is_not_an_open_rule_but_other_ports_are(
+    base: Objects,
+) -> None:
+    def widen(objects: Objects) -> None:
+        rule = find(objects, "NetworkPolicy", "ingress-gateway-from-anywhere")["spec"]["ingress"][0]
+        rule["ports"].append({"protocol": "TCP", "port": 9999})
+
+    assert "NetworkPolicy/ingress-gateway-from-anywhere: ingress[0] allows every peer" in (
+        problems_after(base, widen)
+    )
+
+
+def test_missing_probes_budgets_autoscalers_and_pre_stop_are_caught(base: Objects) -> None:
+    def strip(objects: Objects) -> None:
+        del container(objects, "keys")["readinessProbe"]
+        del container(objects, "segment")["livenessProbe"]
+        objects.remove(find(objects, "PodDisruptionBudget", "audience"))
+        objects.remove(find(objects, "HorizontalPodAutoscaler", "segment"))
+        del container(objects, "gateway")["lifecycle"]
+
+    problems = problems_after(base, strip)
+
+    assert sorted(problems) == [
+        "Deployment/audience: no PodDisruptionBudget covers its pods",
+        "Deployment/gateway/gateway: no preStop delay to leave the load balancers first",
+        "Deployment/keys/keys: no readinessProbe",
+        "Deployment/segment/segment: no livenessProbe",
+        "Deployment/segment: no HorizontalPodAutoscaler scales it",
+    ]
+
+
+def test_a_scrape_annotation_on_the_wrong_port_is_caught(base: Objects) -> None:
+    def wrong_port(objects: Objects) -> None:
+        pod = find(objects, "Deployment", "audience")["spec"]["template"]
+        pod["metadata"]["annotations"]["prometheus.io/port"] = "50052"
+
+    assert problems_after(base, wrong_port) == [
+        "Deployment/audience/audience: prometheus.io/port is 50052, but metrics are served on 9092"
+    ]
