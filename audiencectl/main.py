@@ -69,7 +69,9 @@ account_option = click.option("--account", required=True, help="Account id.")
 @click.option("--segment", "segment_target", envvar="SEGMENT_TARGET", default="127.0.0.1:50053",
               show_default=True, help="segment service address [env SEGMENT_TARGET]")  # fmt: skip
 @click.option("--timeout", default=5.0, show_default=True, help="Deadline of each call, seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print answers as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print answers as JSON (the proto3 mapping: 64-bit integers as strings). "
+                   "Goes before the command: audiencectl --json segments list ...")  # fmt: skip
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -296,7 +298,8 @@ def audiences_list(ctx: Context, account: str) -> None:
 @click.option("--audience", "audience_id", required=True, type=int, help="Audience id.")
 @pass_context
 def audiences_members(ctx: Context, account: str, audience_id: int) -> None:
-    """Every MPID in an audience, one per line."""
+    """Every MPID in an audience, one per line (with --json, one JSON string per line: JSON
+    Lines, so that an audience of millions streams)."""
     token = ""
     while True:
         reply = ctx.call(

@@ -41,29 +41,36 @@ def test_counters_move_by_the_traffic(stack: Stack, http: httpx.Client, tenant: 
     bad = fixture_json("06_membership_change_mpid_only.json", tenant.api_key)
     bad["user_profiles"][0]["mpid"] = "not a number"
     bad["user_profiles"][1]["audiences"].append({"audience_id": 5, "action": "join"})
+    bad["user_profiles"].append(None)
     http.post("/mparticle", json=bad)
+    leave = fixture_json("05_membership_change_multi_user.json", tenant.api_key)
+    leave["timestamp_ms"] += 1
+    leave["user_profiles"] = [
+        {"mpid": "-6529143021980561334", "audiences": [{"audience_id": 90211, "action": "delete"}]}
+    ]
+    http.post("/mparticle", json=leave)
 
     after = scrape(gateway_url)
     after_audience = scrape(service_metrics_url(stack, "audience"))
     after_keys = scrape(service_metrics_url(stack, "keys"))
     membership = "audience_membership_change_request"
     assert delta(before, after, "gateway_requests_total", route="/mparticle",
-                 message_type=membership, status="200") == 3  # fmt: skip
+                 message_type=membership, status="200") == 4  # fmt: skip
     assert delta(before, after, "gateway_request_duration_seconds_count", route="/mparticle",
-                 message_type=membership) == 3  # fmt: skip
+                 message_type=membership) == 4  # fmt: skip
     assert delta(before, after, "gateway_keys_rejected_total", message_type=membership) == 1
-    assert delta(before, after, "gateway_skipped_total", kind="profile") == 1
+    assert delta(before, after, "gateway_skipped_total", kind="profile") == 2
     assert delta(before, after, "gateway_skipped_total", kind="entry") == 1
     assert delta(before, after, "gateway_membership_changes_total", action="add") == 3 + 2
-    assert delta(before, after, "gateway_membership_changes_total", action="delete") == 3 + 1
+    assert delta(before, after, "gateway_membership_changes_total", action="delete") == 3 + 1 + 1
     assert delta(before_audience, after_audience, "audience_memberships_added_total",
                  account="acme") == 3 + 2  # fmt: skip
     assert delta(before_audience, after_audience, "audience_memberships_removed_total",
-                 account="acme") == 0  # fmt: skip
+                 account="acme") == 1  # fmt: skip
     assert delta(before_audience, after_audience, "grpc_server_handled_total",
                  grpc_service="audience.v1.AudienceService",
-                 grpc_method="ApplyMembershipChanges", grpc_code="OK") == 2  # fmt: skip
-    # The third request reuses the first one's validation (GATEWAY_KEY_CACHE_SECONDS).
+                 grpc_method="ApplyMembershipChanges", grpc_code="OK") == 3  # fmt: skip
+    # Later requests reuse the first one's validation (GATEWAY_KEY_CACHE_SECONDS).
     assert delta(before_keys, after_keys, "keys_validations_total", outcome="valid") == 1
     assert delta(before_keys, after_keys, "keys_validations_total", outcome="rejected") == 1
     assert delta(before_keys, after_keys, "grpc_server_handled_total",

@@ -398,7 +398,11 @@ def _without_legacy_profiles(profiles: list[Any], batch: MembershipBatch) -> lis
     batch.first_problem = path
     skipped = set(legacy)
     # Keep the original positions, so that paths in the log point at the right profile.
-    return [None if i in skipped else p for i, p in enumerate(profiles)]
+    return [_SKIPPED if i in skipped else p for i, p in enumerate(profiles)]
+
+
+# Stands in for a profile already skipped (and counted), keeping the others' positions.
+_SKIPPED = object()
 
 
 def _is_legacy(profile: Any) -> bool:
@@ -416,7 +420,7 @@ def _valid_profiles_one_by_one(
 ) -> list[tuple[int, UserProfile]]:
     valid = []
     for index, raw in enumerate(profiles):
-        if raw is None:
+        if raw is _SKIPPED:
             continue
         try:
             valid.append((index, _PROFILE.validate_python(raw)))
