@@ -49,9 +49,14 @@ class Suite:
                 start_new_session=True,
             )
 
-    def wait_until_ready(self, timeout_seconds: float = 30.0) -> bool:
+    def gateway_url(self) -> str:
         host = self.env.get("GATEWAY_HOST", "127.0.0.1")
-        url = f"http://{host}:{self.env.get('GATEWAY_PORT', '8080')}/readyz"
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.env.get('GATEWAY_PORT', '8080')}"
+
+    def wait_until_ready(self, timeout_seconds: float = 30.0) -> bool:
+        url = f"{self.gateway_url()}/readyz"
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline and not self.stop_requested and not self.failed():
             try:
@@ -105,10 +110,8 @@ def main() -> int:
     status = 0
     try:
         if suite.wait_until_ready():
-            port = suite.env.get("GATEWAY_PORT", "8080")
-            _LOGGER.info(
-                f"suite ready: gateway on http://127.0.0.1:{port}/mparticle; Ctrl-C stops it"
-            )
+            url = suite.gateway_url()
+            _LOGGER.info("suite ready; Ctrl-C stops it", extra={"gateway": f"{url}/mparticle"})
         while not suite.stop_requested:
             failed = suite.failed()
             if failed:

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -110,3 +111,27 @@ def _log_messages(output: str) -> list[str]:
         if line.startswith("{"):
             messages.append(json.loads(line).get("message", ""))
     return messages
+
+
+def test_a_taken_port_stops_a_service_with_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = dict(
+            os.environ,
+            KEYS_PORT=str(taken.getsockname()[1]),
+            KEYS_METRICS_PORT="0",
+            REDIS_URL="redis://127.0.0.1:1/0",
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "services.keys"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert run.returncode == 1
+    assert "Traceback" not in run.stdout + run.stderr
+    assert [json.loads(line)["message"] for line in run.stdout.splitlines()] == ["cannot start"]

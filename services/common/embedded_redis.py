@@ -132,13 +132,14 @@ class EmbeddedRedis:
             "--protected-mode", "yes",
             "--save", "",
             "--loglevel", "warning",
-            "--logfile", "",
         ]  # fmt: skip
         if self.data_dir is None:
-            command += ["--appendonly", "no"]
+            command += ["--appendonly", "no", "--logfile", ""]
         else:
+            # Its own log beside its data: the terminal keeps the services' JSON lines.
             self.data_dir.mkdir(parents=True, exist_ok=True)
             command += ["--dir", str(self.data_dir), "--appendonly", "yes"]
+            command += ["--logfile", str(self.data_dir.resolve() / "redis.log")]
         return command + list(self.extra_args)
 
     def _wait_ready(self, port: int, timeout_seconds: float) -> bool:

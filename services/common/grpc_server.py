@@ -94,9 +94,12 @@ class GrpcServer:
             + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self.server,
         )
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"{name}: cannot bind {address}")
+            raise OSError(f"{name}: cannot bind {address} (is the port taken?)")
 
     async def start(self) -> None:
         """Start serving; health says NOT_SERVING until the first readiness check passes."""
@@ -190,7 +193,12 @@ def run_service(
     logs.configure(name, settings.log_level)
 
     async def main() -> None:
-        server = await build(settings)
+        try:
+            server = await build(settings)
+        except OSError as exc:
+            # A port taken by another process: one clear line, not a traceback.
+            _LOGGER.error("cannot start", extra={"error": str(exc)})
+            sys.exit(1)
         await serve_until_signalled(server, settings.shutdown_grace_seconds)
 
     asyncio_runner.run(main())
