@@ -14,7 +14,7 @@ stays within one Redis Cluster hash slot; accounts spread across a cluster's sha
   au:usr:{A}:<mpid>        hash   incarnation id of each audience the MPID is in -> source
                                   time (ms) of the change that added it
   au:gone:{A}:<iid>:<g>:<n> hash  MPID -> source time (ms) of its removal from the audience,
-                                  for removals applied in ordering generation g; n is 0-255
+                                  for removals applied in ordering generation g; n is 0-1023
   au:removed:{A}           hash   audience id -> source time (ms) of its last removal
   au:gc:{A}                list   incarnations of removed audiences waiting for cleanup
   au:gcpos:{A}             hash   incarnation id -> next bucket to clean

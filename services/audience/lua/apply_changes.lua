@@ -11,7 +11,7 @@
 --
 -- Ordering: a member's field in its user hash holds the source time of the change that
 -- made it a member; a deletion leaves a tombstone (MPID -> source time) in a hash of the
--- current generation, au:gone:{A}:<iid>:<generation>:<0-255>, which expires after two
+-- current generation, au:gone:{A}:<iid>:<generation>:<0-1023>, which expires after two
 -- generations. A change older than the stamp or tombstone it finds is ignored. While a
 -- step is at least as new as every change its audience has seen (the audience's high-water
 -- mark, "hw"), nothing newer can exist, so nothing is read before writing.
@@ -20,6 +20,9 @@ local count, source_time = tonumber(ARGV[4]), ARGV[5]
 local time_value, generation, tombstone_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local check_previous = time_value <= tonumber(ARGV[8])
 local idx = KEYS[1]
+-- Tombstones of one audience and generation are spread over this many hashes, so that each
+-- stays short: a small hash is a list that HGET scans, and most lookups are misses.
+local TOMBSTONE_HASHES = 1024
 local users = 'au:usr:' .. tag .. ':'
 local removals = 'au:removed:' .. tag
 local added, removed, stale = 0, 0, 0
@@ -47,7 +50,8 @@ local function ensure_audience(audience, name, meta)
   -- Every connector the audience arrived through lists it (space-separated ids).
   local connectors = redis.call('HGET', meta, 'connectors') or ''
   if not string.find(' ' .. connectors .. ' ', ' ' .. connector .. ' ', 1, true) then
-    redis.call('HSET', meta, 'connectors', connectors == '' and connector or connectors .. ' ' .. connector)
+    local listed = connectors == '' and connector or connectors .. ' ' .. connector
+    redis.call('HSET', meta, 'connectors', listed)
   end
   return iid
 end
@@ -83,7 +87,7 @@ for a = 0, count - 1 do
       if not check_tombstones then
         return false
       end
-      local n = digits % 256
+      local n = digits % TOMBSTONE_HASHES
       local tombstone = redis.call('HGET', gone_now .. n, mpid)
       if not tombstone and check_previous then
         tombstone = redis.call('HGET', gone_before .. n, mpid)
@@ -136,7 +140,7 @@ for a = 0, count - 1 do
         applied = false
       end
       if applied then
-        local key = gone_now .. (digits % 256)
+        local key = gone_now .. (digits % TOMBSTONE_HASHES)
         redis.call('HSET', key, mpid, source_time)
         tombstones[key] = true
       else
