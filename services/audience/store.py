@@ -1,7 +1,9 @@
 """Audiences and memberships in Redis.
 
 Every key of an account carries the hash tag ``{<account>}``, so each script and pipeline
-stays within one Redis Cluster hash slot; accounts spread across a cluster's shards.
+stays within one Redis Cluster hash slot; accounts spread across a cluster's shards. Scripts
+declare one key (``KEYS[1]``, which routes them to the account's slot) and build the names
+of the others, all in that slot.
 
   au:idx:{A}               hash   audience id -> incarnation id (live audiences only)
   au:live:{A}              hash   incarnation id -> audience id

@@ -34,8 +34,10 @@ _SUBSCRIPTION_ACTIONS = {
 # succeed, and it is tiny: such requests get a small body limit and their own small pool.
 UNAUTHENTICATED_BODY_LIMIT = 64 * 1024
 UNAUTHENTICATED_IN_FLIGHT = 16
-# Bodies above this are parsed in a worker thread, a few at a time, so that one large batch
-# does not hold up every other request.
+# Bodies above this are parsed in a worker thread, a few at a time, so that the event loop
+# keeps taking and answering other requests meanwhile. Parsing holds the interpreter lock,
+# so they still slow down while a batch of tens of megabytes is read (by about a second).
+# TODO(#4): parse the largest batches in a separate process if that delay matters.
 LARGE_BODY_BYTES = 256 * 1024
 LARGE_BODIES_AT_ONCE = 2
 # Deadline allowance for applying a membership batch, per change, on top of the budget:
