@@ -61,11 +61,16 @@ class ProcessSuite:
         return f"http://127.0.0.1:{self.ports['gateway']}"
 
     def start(self) -> "ProcessSuite":
-        self.redis.start()
-        self.env["REDIS_URL"] = self.redis.url
-        for name in SERVICES:
-            self.start_service(name)
-        self.wait_ready()
+        try:
+            self.redis.start()
+            self.env["REDIS_URL"] = self.redis.url
+            for name in SERVICES:
+                self.start_service(name)
+            self.wait_ready()
+        except BaseException:
+            # Leave nothing running behind a suite that failed to start.
+            self.stop()
+            raise
         return self
 
     def start_service(self, name: str) -> None:

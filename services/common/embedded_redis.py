@@ -7,6 +7,7 @@ Used by ``make run`` when no ``REDIS_URL`` is given, and by the tests. The binar
 import importlib.util
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -50,10 +51,43 @@ def find_redis_server() -> str:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a server about to start.
+
+    It is drawn from below the kernel's ephemeral range: a port that the kernel hands out
+    (bind to port 0) could be taken, before the server binds it, as the local end of some
+    outgoing connection; those only ever use the ephemeral range.
+    """
+    low, _high = _ephemeral_range()
+    below_ephemeral = low > _PRIVATE_PORTS_FROM + 1000
+    for _ in range(100):
+        port = _RANDOM.randrange(_PRIVATE_PORTS_FROM, low) if below_ephemeral else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = sock.getsockname()[1]
+        _HANDED_OUT.add(port)
+        return port
+    raise OSError("no free TCP port found on 127.0.0.1")
+
+
+# Ports handed out by this process, never handed out twice (the caller may not have bound
+# one yet), drawn from a generator of their own: seeding the global one must not repeat them.
+_HANDED_OUT: set[int] = set()
+_RANDOM = random.Random()
+_PRIVATE_PORTS_FROM = 20000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 class EmbeddedRedis:
