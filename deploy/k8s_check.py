@@ -216,11 +216,8 @@ def availability_problems(objects: Objects) -> Iterator[str]:
             if probe not in container.spec:
                 yield f"{container.where}: no {probe}"
 
-        settings_class = SETTINGS.get(container.module)
-        if settings_class is None:
-            continue
-        settings = _settings(settings_class, _environment(container, objects))
-        if isinstance(settings, str):
+        settings = _service_settings(container, objects)
+        if settings is None:
             continue
         annotations = container.workload["spec"]["template"]["metadata"].get("annotations", {})
         metrics_port = getattr(settings, "metrics_port", settings.port)
@@ -285,11 +282,8 @@ def security_problems(objects: Objects) -> Iterator[str]:
 
 
 def _grace_problems(container: Container, objects: Objects) -> Iterator[str]:
-    settings_class = SETTINGS.get(container.module)
-    if settings_class is None:
-        return
-    settings = _settings(settings_class, _environment(container, objects))
-    if isinstance(settings, str):
+    settings = _service_settings(container, objects)
+    if settings is None:
         return
 
     pre_stop = container.spec.get("lifecycle", {}).get("preStop", {}).get("sleep", {})
@@ -363,13 +357,20 @@ def _settings(settings_class: type[BaseModel], env: dict[str, str]) -> Any:
         return f"bad setting {'.'.join(map(str, error['loc']))}: {error['msg']}"
 
 
+def _service_settings(container: Container, objects: Objects) -> Any:
+    """The settings one of our services reads in this container; None for another program,
+    or when the settings are not valid (settings_problems reports that)."""
+    settings_class = SETTINGS.get(container.module)
+    if settings_class is None:
+        return None
+    settings = _settings(settings_class, _environment(container, objects))
+    return None if isinstance(settings, str) else settings
+
+
 def _bound_ports(container: Container, objects: Objects) -> set[int] | None:
     """The ports the container's server binds, read from its settings or its config."""
-    settings_class = SETTINGS.get(container.module)
-    if settings_class is not None:
-        settings = _settings(settings_class, _environment(container, objects))
-        if isinstance(settings, str):
-            return None
+    settings = _service_settings(container, objects)
+    if settings is not None:
         ports = {settings.port}
         if hasattr(settings, "metrics_port"):
             ports.add(settings.metrics_port)
@@ -536,10 +537,9 @@ def _open_peers(peers: list[dict[str, Any]] | None) -> bool:
 def _public_ports(objects: Objects) -> Iterator[tuple[str, int]]:
     """(pod, port) pairs meant to be reached from anywhere: the gateway's HTTP port."""
     for container in _containers(objects):
-        if container.module == "services.gateway":
-            settings = _settings(GatewaySettings, _environment(container, objects))
-            if not isinstance(settings, str):
-                yield _component(container), settings.port
+        settings = _service_settings(container, objects)
+        if container.module == "services.gateway" and settings is not None:
+            yield _component(container), settings.port
 
 
 def _rule_ports(rule: dict[str, Any]) -> list[int]:
