@@ -75,8 +75,8 @@ def free_port() -> int:
     raise OSError("no free TCP port found on 127.0.0.1")
 
 
-# Ports handed out by this process, never handed out twice (the caller may not have bound
-# one yet), drawn from a generator of their own: seeding the global one must not repeat them.
+# Each port is handed out once per process, as its server may not have bound it yet. The
+# generator is our own, so that code seeding the global one cannot make processes repeat.
 _HANDED_OUT: set[int] = set()
 _RANDOM = random.Random()
 _PRIVATE_PORTS_FROM = 20000
