@@ -376,3 +376,26 @@ def test_a_connection_whose_request_head_stalls_is_closed(stack: Stack, sent: by
 
     # recv returned b"": the server closed the connection, well before the socket timeout.
     assert received.count(b"HTTP/1.1 200") == sent.count(b"/healthz")
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"POST /mparticle HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /mparticle HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    ],
+    ids=["bad_chunk_size", "negative_length"],
+)
+def test_a_request_that_is_not_http_gets_the_error_shape(stack: Stack, request_head: bytes) -> None:
+    url = httpx.URL(stack.gateway_url)
+
+    with socket.create_connection((url.host, url.port), timeout=5) as connection:
+        connection.sendall(request_head)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/json" in head
+    assert json.loads(body)["error"]["code"] == "invalid_http"

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocol (httptools), with a deadline for each request's head.
+"""uvicorn's HTTP protocol (httptools), with a deadline for each request's head, and the
+gateway's error shape for requests that are not HTTP.
 
 uvicorn closes a connection left idle after a response (``timeout_keep_alive``), but not one
 that sends part of a request line or of its headers and then stalls: enough of those would
@@ -10,6 +11,7 @@ the connection is closed. (The body has its own deadline, ``GATEWAY_BODY_TIMEOUT
 import asyncio
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
@@ -39,6 +41,18 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
             super().on_response_complete()
             if next_head_pending and not self.transport.is_closing():
                 self._arm_head_deadline()
+
+        def send_400_response(self, msg: str) -> None:
+            """A request the HTTP parser refuses (a bad chunk size, a negative length...):
+            400 in the same JSON shape as every other error, then the connection closes."""
+            error = {"code": "invalid_http", "message": msg, "path": None}
+            body = orjson.dumps({"error": error})
+            head = (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            )
+            self.transport.write(head + body)
+            self.transport.close()
 
         def _arm_head_deadline(self) -> None:
             self._disarm_head_deadline()
