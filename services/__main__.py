@@ -2,22 +2,33 @@
 
 Starts Redis (the embedded default, unless REDIS_URL points at a server), then keys,
 audience, segment and the gateway, each in its own process with its logs on this terminal.
-Ctrl-C or SIGTERM stops them in order: the gateway first, Redis last. If one of them dies,
-the others are stopped too and the exit status is 1.
+Ctrl-C, SIGTERM or closing the terminal (SIGHUP) stops them in order: the gateway first,
+Redis last. If one of them dies, the others are stopped too and the exit status is 1.
 """
 
+import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from types import FrameType
+from typing import IO, Any
+from urllib.parse import urlsplit
 
+from pydantic import Field
+
+from services.audience.settings import AudienceSettings
 from services.common import logs
 from services.common.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from services.common.settings import BaseServiceSettings, SettingsError
+from services.gateway.settings import GatewaySettings
+from services.keys.settings import KeysSettings
+from services.segment.settings import SegmentSettings
 
 _LOGGER = logging.getLogger("services.__main__")
 
@@ -26,20 +37,42 @@ SERVICES = ("keys", "audience", "segment", "gateway")
 STOP_TIMEOUT_SECONDS = 30
 
 
+class RunSettings(BaseServiceSettings):
+    """What the runner itself reads; each service reads and checks its own settings."""
+
+    redis_url: str = Field("", validation_alias="REDIS_URL")
+    # Where the embedded Redis keeps its data, and its port (0: a free one).
+    data_dir: Path = Field(Path("var"), validation_alias="RUN_DATA_DIR")
+    redis_port: int = Field(0, validation_alias="RUN_REDIS_PORT", ge=0, le=65535)
+
+
 class Suite:
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, settings: RunSettings, env: dict[str, str]) -> None:
+        self.settings = settings
         self.env = env
+        # What each service will read, checked before anything starts.
+        self.services = _service_settings(env)
         self.redis: EmbeddedRedis | None = None
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.stop_requested = False
+        self._lock: IO[str] | None = None
 
     def start(self) -> None:
-        if not self.env.get("REDIS_URL"):
-            data_dir = Path(self.env.get("RUN_DATA_DIR", "var")) / "redis"
-            port = int(self.env.get("RUN_REDIS_PORT", "0"))
-            self.redis = EmbeddedRedis(port=port, data_dir=data_dir).start()
+        """Start Redis and the services; raises RuntimeError, before starting anything, when
+        another run holds the data folder or a port the services need is taken."""
+        data_dir = self.settings.data_dir / "redis"
+        if not self.settings.redis_url:
+            self._lock_data(data_dir)
+        self._check_ports()
+
+        if not self.settings.redis_url:
+            self.redis = EmbeddedRedis(port=self.settings.redis_port, data_dir=data_dir).start()
             self.env["REDIS_URL"] = self.redis.url
             _LOGGER.info("redis started", extra={"url": self.redis.url, "data": str(data_dir)})
+        else:
+            where = urlsplit(self.settings.redis_url)
+            # Host and port only: a URL may carry a password.
+            _LOGGER.info("using redis", extra={"host": where.hostname, "port": where.port})
 
         for name in SERVICES:
             self.processes[name] = subprocess.Popen(
@@ -50,10 +83,9 @@ class Suite:
             )
 
     def gateway_url(self) -> str:
-        host = self.env.get("GATEWAY_HOST", "127.0.0.1")
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        return f"http://{host}:{self.env.get('GATEWAY_PORT', '8080')}"
+        gateway = self.services["gateway"]
+        host = "127.0.0.1" if gateway.host in ("0.0.0.0", "::", "") else gateway.host
+        return f"http://{host}:{gateway.port}"
 
     def wait_until_ready(self, timeout_seconds: float = 30.0) -> bool:
         url = f"{self.gateway_url()}/readyz"
@@ -90,20 +122,71 @@ class Suite:
         if self.redis is not None:
             self.redis.stop()
 
+    def _lock_data(self, data_dir: Path) -> None:
+        """Hold a lock on the data folder for the whole run: two Redis servers on one
+        append-only file would corrupt it."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = (data_dir / "run.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another run uses {data_dir}: stop it first (or set RUN_DATA_DIR)"
+            ) from None
+
+    def _check_ports(self) -> None:
+        """Fail at once, naming the variable, when a port a service binds is taken."""
+        for name, settings in self.services.items():
+            ports = {f"{name.upper()}_PORT": settings.port}
+            if hasattr(settings, "metrics_port"):
+                ports[f"{name.upper()}_METRICS_PORT"] = settings.metrics_port
+            for variable, port in ports.items():
+                if port and not _can_bind(settings.host, port):
+                    raise RuntimeError(f"{variable} {port} is taken (another make run?)")
+
+
+def _service_settings(env: dict[str, str]) -> dict[str, Any]:
+    """The settings each service will read from ``env``; raises SettingsError."""
+    classes = {
+        "keys": KeysSettings,
+        "audience": AudienceSettings,
+        "segment": SegmentSettings,
+        "gateway": GatewaySettings,
+    }
+    # REDIS_URL is set by the runner itself when it starts the embedded Redis.
+    environ = {"REDIS_URL": "redis://127.0.0.1:6379/0"} | env
+    return {name: cls.from_env(environ) for name, cls in classes.items()}
+
+
+def _can_bind(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
 
 def main() -> int:
-    logs.configure("run", os.environ.get("LOG_LEVEL", "INFO"))
-    suite = Suite(dict(os.environ))
+    env = dict(os.environ)
+    try:
+        settings = RunSettings.from_env()
+        suite = Suite(settings, env)
+    except SettingsError as exc:
+        sys.exit(f"run: {exc}")
+
+    logs.configure("run", settings.log_level)
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         suite.stop_requested = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, request_stop)
 
     try:
         suite.start()
-    except EmbeddedRedisError as exc:
+    except (EmbeddedRedisError, RuntimeError) as exc:
         _LOGGER.error(str(exc))
         return 1
 

@@ -49,15 +49,20 @@ def wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 60) ->
     raise AssertionError("the suite did not become ready")
 
 
-def test_suite_starts_serves_and_stops_cleanly_on_ctrl_c(suite_env: dict[str, str]) -> None:
-    process = subprocess.Popen(
+def start_run(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "services"],
         cwd=REPO,
-        env=suite_env,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl_c", "hangup"])
+def test_suite_starts_serves_and_stops_cleanly(suite_env: dict[str, str], signum: int) -> None:
+    process = start_run(suite_env)
     url = f"http://127.0.0.1:{suite_env['GATEWAY_PORT']}"
     try:
         wait_ready(url, process)
@@ -65,7 +70,7 @@ def test_suite_starts_serves_and_stops_cleanly_on_ctrl_c(suite_env: dict[str, st
             f"{url}/mparticle", json=fixture_json("01_module_registration_request.json")
         )
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         output, _ = process.communicate(timeout=60)
 
     assert registration.status_code == 200
@@ -135,3 +140,71 @@ def test_a_taken_port_stops_a_service_with_one_clear_line() -> None:
     assert run.returncode == 1
     assert "Traceback" not in run.stdout + run.stderr
     assert [json.loads(line)["message"] for line in run.stdout.splitlines()] == ["cannot start"]
+
+
+def test_a_second_run_on_the_same_data_is_refused_before_starting_anything(
+    suite_env: dict[str, str],
+) -> None:
+    first = start_run(suite_env)
+    try:
+        wait_ready(f"http://127.0.0.1:{suite_env['GATEWAY_PORT']}", first)
+        other_ports = {
+            name: str(free_port())
+            for name in ("KEYS_PORT", "AUDIENCE_PORT", "SEGMENT_PORT", "GATEWAY_PORT")
+        }
+        second = subprocess.run(
+            [sys.executable, "-m", "services"],
+            cwd=REPO,
+            env=suite_env | other_ports,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        again = subprocess.run(
+            [sys.executable, "-m", "services"],
+            cwd=REPO,
+            env=suite_env | {"RUN_DATA_DIR": suite_env["RUN_DATA_DIR"] + "-other"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+
+    assert second.returncode == 1
+    assert any("another run uses" in m for m in _log_messages(second.stdout))
+    assert again.returncode == 1
+    assert any("KEYS_PORT" in m and "is taken" in m for m in _log_messages(again.stdout))
+
+
+def test_the_embedded_redis_never_settles_for_another_server_on_its_port(
+    suite_env: dict[str, str],
+) -> None:
+    with EmbeddedRedis() as foreign:
+        run = subprocess.run(
+            [sys.executable, "-m", "services"],
+            cwd=REPO,
+            env=suite_env | {"RUN_REDIS_PORT": str(foreign.port)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert run.returncode == 1
+    assert any("did not start" in m for m in _log_messages(run.stdout))
+
+
+def test_a_bad_setting_stops_the_run_with_its_name(suite_env: dict[str, str]) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "services"],
+        cwd=REPO,
+        env=suite_env | {"GATEWAY_PORT": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode == 1
+    assert "GATEWAY_PORT" in run.stderr
+    assert "Traceback" not in run.stdout + run.stderr

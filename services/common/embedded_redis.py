@@ -132,7 +132,9 @@ class EmbeddedRedis:
                 return self
             self.stop()
 
-        raise EmbeddedRedisError(f"{self.binary} did not start on 127.0.0.1")
+        raise EmbeddedRedisError(
+            f"{self.binary} did not start on 127.0.0.1:{self.port} (is the port taken?)"
+        )
 
     def launch(self) -> None:
         """Start the server on its port (which must be set) without waiting for it."""
@@ -185,8 +187,8 @@ class EmbeddedRedis:
                 if self.process.poll() is not None:
                     return False
                 try:
-                    if client.ping():
-                        return True
+                    # Our own server, not another one that already held the port.
+                    return client.info("server")["process_id"] == self.process.pid
                 except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
                     time.sleep(0.05)
             return False

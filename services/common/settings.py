@@ -5,6 +5,7 @@ names the environment variable it comes from, so a missing or bad value fails at
 that name.
 """
 
+from collections.abc import Mapping
 from typing import Self
 
 from pydantic import Field, ValidationError
@@ -23,10 +24,11 @@ class BaseServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, validation_alias="SHUTDOWN_GRACE_SECONDS", gt=0)
 
     @classmethod
-    def from_env(cls) -> Self:
-        """Read the settings, or raise SettingsError naming each bad variable."""
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Read the settings from the environment (or from ``environ``, a mapping of the same
+        variables), or raise SettingsError naming each bad variable."""
         try:
-            return cls()
+            return cls() if environ is None else cls.model_validate(environ)
         except ValidationError as exc:
             problems = []
             for error in exc.errors():
