@@ -146,7 +146,8 @@ def keys_list(ctx: Context, account: str) -> None:
 @click.argument("key_id")
 @pass_context
 def keys_revoke(ctx: Context, account: str, key_id: str) -> None:
-    """Revoke a key for good."""
+    """Revoke a key for good, by its id or its prefix (ak_<id>), as `keys list` shows them."""
+    key_id = key_id.removeprefix("ak_")
     reply = ctx.call(
         "keys", "RevokeKey", keys_pb2.RevokeKeyRequest(account_id=account, key_id=key_id)
     )

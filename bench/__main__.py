@@ -8,6 +8,7 @@ writes it as JSON under bench/results/.
 """
 
 import json
+import math
 import os
 import platform
 import random
@@ -50,8 +51,12 @@ class Report:
     targets: list[dict[str, Any]] = field(default_factory=list)
 
     def target(self, name: str, value: float, goal: str, met: bool, unit: str = "") -> None:
+        # Rounded toward the verdict, so that a value just short of its goal never prints
+        # as the goal itself (0.5999 as 0.6 beside "falls short").
+        toward = math.floor if goal.startswith(">") != met else math.ceil
+        shown = toward(value * 1000) / 1000
         self.targets.append(
-            {"target": name, "goal": goal, "measured": round(value, 3), "unit": unit, "met": met}
+            {"target": name, "goal": goal, "measured": shown, "unit": unit, "met": met}
         )
 
 

@@ -100,3 +100,17 @@ def test_unreachable_service_is_a_clear_error() -> None:
 
     assert result.exit_code == 1
     assert "UNAVAILABLE" in result.stderr
+
+
+def test_a_key_is_revoked_by_its_id_or_its_prefix(stack: Stack) -> None:
+    connector_id = run(stack, "connectors", "create", "--account", "acme", "--name", "Web").stdout
+    for _ in range(2):
+        run(stack, "keys", "create", "--account", "acme", "--connector", connector_id.strip())
+    keys = json.loads(run(stack, "--json", "keys", "list", "--account", "acme").stdout)["keys"]
+
+    by_id = run(stack, "keys", "revoke", "--account", "acme", keys[0]["key_id"])
+    by_prefix = run(stack, "keys", "revoke", "--account", "acme", keys[1]["prefix"])
+
+    assert by_id.exit_code == 0 and by_prefix.exit_code == 0
+    listed = json.loads(run(stack, "--json", "keys", "list", "--account", "acme").stdout)
+    assert all(int(k["revoked_at_ms"]) > 0 for k in listed["keys"])
