@@ -10,7 +10,6 @@ import fcntl
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pydantic import Field
 
 from services.audience.settings import AudienceSettings
 from services.common import logs
-from services.common.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from services.common.embedded_redis import EmbeddedRedis, EmbeddedRedisError, port_is_free
 from services.common.settings import BaseServiceSettings, SettingsError
 from services.gateway.settings import GatewaySettings
 from services.keys.settings import KeysSettings
@@ -141,7 +140,7 @@ class Suite:
             if hasattr(settings, "metrics_port"):
                 ports[f"{name.upper()}_METRICS_PORT"] = settings.metrics_port
             for variable, port in ports.items():
-                if port and not _can_bind(settings.host, port):
+                if port and not port_is_free(settings.host, port):
                     raise RuntimeError(f"{variable} {port} is taken (another make run?)")
 
 
@@ -156,16 +155,6 @@ def _service_settings(env: dict[str, str]) -> dict[str, Any]:
     # REDIS_URL is set by the runner itself when it starts the embedded Redis.
     environ = {"REDIS_URL": "redis://127.0.0.1:6379/0"} | env
     return {name: cls.from_env(environ) for name, cls in classes.items()}
-
-
-def _can_bind(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def main() -> int:

@@ -63,16 +63,28 @@ def free_port() -> int:
         port = _RANDOM.randrange(_PRIVATE_PORTS_FROM, low) if below_ephemeral else 0
         if port in _HANDED_OUT:
             continue
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            port = sock.getsockname()[1]
-        _HANDED_OUT.add(port)
-        return port
+        bound = _bind_once("127.0.0.1", port)
+        if bound is None:
+            continue
+        _HANDED_OUT.add(bound)
+        return bound
     raise OSError("no free TCP port found on 127.0.0.1")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could bind ``port`` on ``host`` right now."""
+    return _bind_once(host, port) is not None
+
+
+def _bind_once(host: str, port: int) -> int | None:
+    """Bind and release ``port`` (0: any); the port bound, or None when it is taken."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return None
+        return sock.getsockname()[1]
 
 
 # Each port is handed out once per process, as its server may not have bound it yet. The
