@@ -158,6 +158,7 @@ def _service_settings(env: dict[str, str]) -> dict[str, Any]:
 
 
 def main() -> int:
+    parent = os.getppid()
     env = dict(os.environ)
     try:
         settings = RunSettings.from_env()
@@ -184,7 +185,16 @@ def main() -> int:
         if suite.wait_until_ready():
             url = suite.gateway_url()
             _LOGGER.info("suite ready; Ctrl-C stops it", extra={"gateway": f"{url}/mparticle"})
+        elif not suite.stop_requested and not suite.failed():
+            _LOGGER.warning(
+                "the suite is not ready yet: check that the Redis at REDIS_URL answers "
+                "(see the services' health lines above)"
+            )
         while not suite.stop_requested:
+            if os.getppid() != parent:
+                # make (or the terminal) went away without passing a signal on.
+                _LOGGER.warning("the parent process is gone; stopping the suite")
+                break
             failed = suite.failed()
             if failed:
                 _LOGGER.error("a service exited; stopping the suite", extra={"svc": failed})

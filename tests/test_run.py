@@ -195,16 +195,47 @@ def test_the_embedded_redis_never_settles_for_another_server_on_its_port(
     assert any("did not start" in m for m in _log_messages(run.stdout))
 
 
-def test_a_bad_setting_stops_the_run_with_its_name(suite_env: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "setting", [{"GATEWAY_PORT": "abc"}, {"REDIS_URL": "nonsense"}], ids=lambda s: next(iter(s))
+)
+def test_a_bad_setting_stops_the_run_with_its_name(
+    suite_env: dict[str, str], setting: dict[str, str]
+) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "services"],
         cwd=REPO,
-        env=suite_env | {"GATEWAY_PORT": "abc"},
+        env=suite_env | setting,
         capture_output=True,
         text=True,
         timeout=60,
     )
 
     assert run.returncode == 1
-    assert "GATEWAY_PORT" in run.stderr
+    assert next(iter(setting)) in run.stderr
     assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_the_suite_stops_when_its_parent_goes_away(suite_env: dict[str, str]) -> None:
+    """As when make is killed, or a terminal closes with make as its first process."""
+    parent = subprocess.Popen(
+        ["sh", "-c", f"{sys.executable} -m services >/dev/null 2>&1 & wait"],
+        cwd=REPO,
+        env=suite_env,
+    )
+    url = f"http://127.0.0.1:{suite_env['GATEWAY_PORT']}"
+    wait_ready(url, parent)
+
+    parent.kill()
+    parent.wait()
+
+    ports = [int(suite_env[p]) for p in ("KEYS_PORT", "AUDIENCE_PORT", "SEGMENT_PORT")]
+    ports.append(int(suite_env["GATEWAY_PORT"]))
+    deadline = time.monotonic() + 30
+    while any(_listening(port) for port in ports):
+        assert time.monotonic() < deadline, "the suite kept running without its parent"
+        time.sleep(0.2)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

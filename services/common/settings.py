@@ -40,7 +40,7 @@ class BaseServiceSettings(BaseSettings):
 class GrpcServiceSettings(BaseServiceSettings):
     """Settings of a gRPC service that keeps its state in Redis."""
 
-    redis_url: str = Field(validation_alias="REDIS_URL")
+    redis_url: str = Field(validation_alias="REDIS_URL", pattern=r"^(redis|rediss|unix)://")
     # Seconds between readiness probes of Redis.
     readiness_interval_seconds: float = Field(
         1.0, validation_alias="READINESS_INTERVAL_SECONDS", gt=0
