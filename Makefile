@@ -15,6 +15,7 @@ help:
 	@echo "make k8s-check    render deploy/k8s and its overlays, validate them offline against"
 	@echo "                  the Kubernetes schemas, and check that they agree with the code"
 	@echo "make bench        measure the suite against raw Redis and raw gRPC (a few minutes)"
+	@echo "make install      create .venv and install the project (make run and make test do it)"
 	@echo "make lint         ruff check and format check"
 	@echo "make format       ruff fix and format"
 
