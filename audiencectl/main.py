@@ -56,7 +56,23 @@ class Context:
             human()
 
 
-pass_context = click.make_pass_decorator(Context)
+def _json_after_command(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Context).as_json = True  # type: ignore[union-attr]
+
+
+def pass_context(command: Callable[..., None]) -> Callable[..., None]:
+    """Pass the Context to a command, which also takes ``--json`` after its name."""
+    json_option = click.option(
+        "--json",
+        is_flag=True,
+        expose_value=False,
+        callback=_json_after_command,
+        help="Print the answer as JSON (64-bit integers as strings).",
+    )
+    return json_option(click.make_pass_decorator(Context)(command))
+
+
 account_option = click.option("--account", required=True, help="Account id.")
 
 
@@ -71,7 +87,7 @@ account_option = click.option("--account", required=True, help="Account id.")
 @click.option("--timeout", default=5.0, show_default=True, help="Deadline of each call, seconds.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print answers as JSON (the proto3 mapping: 64-bit integers as strings). "
-                   "Goes before the command: audiencectl --json segments list ...")  # fmt: skip
+                   "Before the command or after it.")  # fmt: skip
 @click.pass_context
 def cli(
     ctx: click.Context,

@@ -65,8 +65,11 @@ def test_json_output_is_the_proto_json(stack: Stack, http: httpx.Client) -> None
         stack, "--json", "audiences", "members", "--account", "acme", "--audience", "90318"
     )
 
+    after = run(stack, "segments", "list", "--account", "acme", "--json")
+
     [entry] = segments["connectors"]
     assert entry["segments"][0]["member_count"] == "3"
+    assert json.loads(after.stdout) == segments
     assert lookup == {"audience_ids": [90318]}
     assert sorted(json.loads(line) for line in members.stdout.splitlines()) == sorted(
         ["9223372036854775807", "-9223372036854775808", "2"]
