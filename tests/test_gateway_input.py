@@ -2,6 +2,7 @@
 and the valid changes beside a bad one are kept."""
 
 import gzip
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -244,6 +245,19 @@ def test_unknown_fields_and_identity_types_are_ignored(
 
     assert response.status_code == 200
     assert members(audience_stub) == {31}
+
+
+def test_a_bad_byte_in_a_field_nobody_reads_is_still_400(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    user = profile("32")
+    user["user_identities"] = [{"type": "email", "encoding": "raw", "value": "MARK"}]
+    body = json.dumps(membership(tenant, user)).encode().replace(b"MARK", b"caf\xe9")
+
+    response = http.post("/mparticle", content=body)
+
+    assert_error(response, 400, "invalid_encoding", "$")
+    assert members(audience_stub) == set()
 
 
 def test_pre_2018_shape_is_a_clear_400(http: httpx.Client, tenant: Tenant) -> None:

@@ -14,6 +14,7 @@ import pytest
 from protos.audience.v1 import audience_pb2
 from protos.keys.v1 import keys_pb2
 from protos.segment.v1 import segment_pb2
+from services.gateway.http_protocol import MAX_HEAD_BYTES
 from tests.conftest import MPARTICLE_TOKEN, Stack, Tenant, fixture_json
 
 MEMBERSHIP = "06_membership_change_mpid_only.json"
@@ -397,3 +398,25 @@ def test_a_request_that_is_not_http_gets_the_error_shape(stack: Stack, request_h
     assert head.startswith(b"HTTP/1.1 400")
     assert b"content-type: application/json" in head
     assert json.loads(body)["error"]["code"] == "invalid_http"
+
+
+def test_a_request_head_over_the_limit_is_431(stack: Stack) -> None:
+    padding = b"x" * (MAX_HEAD_BYTES + 1)
+    sent = b"POST /mparticle HTTP/1.1\r\nHost: x\r\nX-Padding: " + padding + b"\r\n\r\n"
+
+    received = exchange(stack.gateway_url, sent)
+
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431")
+    assert json.loads(body)["error"]["code"] == "headers_too_large"
+
+
+def test_a_head_under_the_limit_and_a_large_body_are_served(
+    http: httpx.Client, tenant: Tenant
+) -> None:
+    body = membership(tenant.api_key, *(profile(str(i)) for i in range(1, 5000)))
+    padding = "x" * (MAX_HEAD_BYTES - 1024)
+
+    response = http.post("/mparticle", json=body, headers={"X-Padding": padding})
+
+    assert response.status_code == 200

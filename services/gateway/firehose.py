@@ -262,7 +262,13 @@ class _NotFast(Exception):
 
 def _read_membership_fast(body: bytes) -> Message | None:
     try:
-        decoded = _FAST_DECODER.decode(body)
+        # msgspec checks the UTF-8 of what it reads only; the lenient path refuses the rest.
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+    try:
+        decoded = _FAST_DECODER.decode(text)
         batch = _collect_fast(decoded.user_profiles or [])
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, _NotFast):
         return None
