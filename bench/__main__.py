@@ -158,6 +158,9 @@ def _run(report: Report, suite: ProcessSuite, api_key: str, work: Path, tools: d
     _step("growth: audiences of 1k, 100k and 1M members")
     growth = {}
     for size, audience_id in GROWTH_SIZES.items():
+        # Each size alone in the database, so that only the audience's size differs.
+        client.flushall()
+        api_key = suite.create_api_key(ACCOUNT)
         members = _load_audience(audience, rng, audience_id, size)
         factory = partial(calls.check_membership, audience_id, members[:100_000])
         lookup = grpc_load.at_rate(target, factory, SECONDS / 3, 500)
@@ -205,7 +208,9 @@ def _ingest(
 
     usage = _cpu_seconds(suite) if cpu else {}
     result = _wrk(suite, work, [b.content for b in bodies], 8, SECONDS, wrk)
-    result["memberships_per_second"] = result["requests_per_second"] * changes
+    # Only answers that stored their changes count; an error fails the targets (_judge).
+    answered = result["requests"] - result["non_2xx"]
+    result["memberships_per_second"] = answered / (result["duration_us"] / 1e6) * changes
     result["changes_per_request"] = changes
     if cpu:
         spent = {k: v - usage[k] for k, v in _cpu_seconds(suite).items()}
@@ -322,8 +327,9 @@ def _load_audience(audience: Any, rng: random.Random, audience_id: int, size: in
 def _remove_under_load(
     suite: ProcessSuite, client: redis.Redis, api_key: str, work: Path, rng: random.Random, wrk: str
 ) -> dict[str, Any]:
-    client.config_set("slowlog-log-slower-than", 10_000)
-    client.config_set("latency-monitor-threshold", 10)
+    # Both record from 1 ms, so that the slowest command shows even when it is within 10 ms.
+    client.config_set("slowlog-log-slower-than", 1_000)
+    client.config_set("latency-monitor-threshold", 1)
     client.slowlog_reset()
     client.execute_command("LATENCY", "RESET")
 
@@ -362,8 +368,14 @@ def _remove_under_load(
             {"us": e["duration"], "command": e["command"][:80].decode(errors="replace")}
             for e in slow[:5]
         ],
-        "latency_events_ms": {row[0].decode(): row[2] for row in latest},
+        # LATENCY LATEST rows: event, time of the latest, its latency, the highest (ms).
+        "latency_events_max_ms": {row[0].decode(): row[3] for row in latest},
     }
+
+
+def _clean(run: dict[str, Any]) -> bool:
+    """Whether a wrk run got a 2xx for every request, with no socket error or timeout."""
+    return run["non_2xx"] == run["socket_errors"] == run["timeouts"] == 0
 
 
 def _judge(report: Report) -> None:
@@ -372,18 +384,22 @@ def _judge(report: Report) -> None:
         ingest = m[f"ingest_{profiles}"]
         ratio = ingest["memberships_per_second"] / ingest["redis_sadd_per_second_just_before"]
         report.target(f"ingestion, {profiles} profiles/request, x redis SADD", ratio,
-                      f">= {goal}", ratio >= goal, "x")  # fmt: skip
+                      f">= {goal}", ratio >= goal and _clean(ingest), "x")  # fmt: skip
     p99 = m["ingest_1000"]["p99_us"] / 1000
-    report.target("1,000-profile request p99 at 8 concurrent", p99, "< 100 ms", p99 < 100, "ms")
+    report.target("1,000-profile request p99 at 8 concurrent", p99, "< 100 ms",
+                  p99 < 100 and _clean(m["ingest_1000"]), "ms")  # fmt: skip
     p99 = m["verification"]["p99_us"] / 1000
-    report.target("verification request p99", p99, "< 10 ms", p99 < 10, "ms")
+    report.target("verification request p99", p99, "< 10 ms",
+                  p99 < 10 and _clean(m["verification"]), "ms")  # fmt: skip
     for name in ("user_audiences", "check_membership"):
         lookup = m[f"lookup_{name}"]
+        clean = lookup["errors"] == 0
         ratio = lookup["max_per_second"] / lookup["trivial_max_per_second"]
-        report.target(f"lookup {name} max rate, x trivial gRPC", ratio, ">= 0.6", ratio >= 0.6, "x")
+        report.target(f"lookup {name} max rate, x trivial gRPC", ratio, ">= 0.6",
+                      ratio >= 0.6 and clean, "x")  # fmt: skip
         ratio = lookup["p99_us"] / lookup["trivial_p99_us_at_same_rate"]
         report.target(f"lookup {name} p99 at half load, x trivial p99", ratio, "<= 1.5",
-                      ratio <= 1.5, "x")  # fmt: skip
+                      ratio <= 1.5 and clean, "x")  # fmt: skip
     memory = m["bytes_per_membership"]
     report.target("Redis memory per membership", memory, "<= 64 B", memory <= 64, "B")
     growth = m["growth"]
@@ -394,9 +410,11 @@ def _judge(report: Report) -> None:
     ratio = large["lookup_p99_us"] / small["lookup_p99_us"]
     report.target("lookup p99, 1M-member vs 1k-member audience", ratio, "<= 1.5 (flat)",
                   ratio <= 1.5, "x")  # fmt: skip
-    slowest = m["removal"]["slowest_command_us"] / 1000
+    removal = m["removal"]
+    slowest = max(removal["slowest_command_us"] / 1000,
+                  *removal["latency_events_max_ms"].values(), 0)  # fmt: skip
     report.target("slowest Redis command while removing 1M members under load", slowest,
-                  "<= 10 ms", slowest <= 10 and m["removal"]["cleanup_finished"], "ms")  # fmt: skip
+                  "<= 10 ms", slowest <= 10 and removal["cleanup_finished"], "ms")  # fmt: skip
 
 
 def _machine() -> dict[str, Any]:
@@ -461,8 +479,11 @@ def _table(report: Report) -> str:
                      f"{g['ingest_memberships_per_second']:,.0f} memberships/s; lookup p99 "
                      f"{g['lookup_p99_us'] / 1000:.2f} ms |")  # fmt: skip
     r = m["removal"]
-    lines.append(f"| removing 1M members under load | slowest command "
-                 f"{r['slowest_command_us'] / 1000:.2f} ms; cleanup {r['cleanup_seconds']:.1f} s; "
+    slowest = (f"{r['slowest_command_us'] / 1000:.2f} ms" if r["slowest_command_us"]
+               else "under 1 ms")  # fmt: skip
+    latency = ", ".join(f"{k} {v} ms" for k, v in r["latency_events_max_ms"].items()) or "none"
+    lines.append(f"| removing 1M members under load | slowest command (SLOWLOG) {slowest}; "
+                 f"LATENCY events from 1 ms: {latency}; cleanup {r['cleanup_seconds']:.1f} s; "
                  f"ingestion meanwhile {r['ingest_memberships_per_second']:,.0f}/s |")  # fmt: skip
     cpu = m["ingest_1000"]["cpu_us_per_membership"]
     lines.append("| CPU per membership (1,000 profiles/request) | "

@@ -290,6 +290,23 @@ def test_missing_or_malformed_key_on_subscription_is_401(
     assert_error(response, 401, "invalid_api_key", "$.account.account_settings.apiKey")
 
 
+@pytest.mark.parametrize("key", [None, "", 12345, "ak_malformed"])
+def test_missing_or_malformed_key_on_membership_asks_to_suspend(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any, key: Any
+) -> None:
+    body = membership(tenant, profile("61"))
+    if key is None:
+        del body["account"]["account_settings"]["apiKey"]
+    else:
+        body["account"]["account_settings"]["apiKey"] = key
+
+    response = http.post("/mparticle", json=body)
+
+    assert response.status_code == 200
+    assert response.json()["suspend_subscription"] is True
+    assert members(audience_stub) == set()
+
+
 def test_a_revoked_key_stops_working_within_the_cache_bound(
     http: httpx.Client, tenant: Tenant, keys_stub: Any, audience_stub: Any
 ) -> None:
