@@ -276,9 +276,15 @@ def security_problems(objects: Objects) -> Iterator[str]:
 
         yield from _grace_problems(container, objects)
 
-    user = _dockerfile_user(REPO / "Dockerfile")
+    yield from dockerfile_problems(REPO / "Dockerfile")
+
+
+def dockerfile_problems(path: Path) -> Iterator[str]:
+    """The image runs as the last USER of its Dockerfile; root when there is none."""
+    users = re.findall(r"^USER\s+(\S+)", path.read_text(), re.MULTILINE)
+    user = users[-1].split(":")[0] if users else None
     if user in (None, "0", "root"):
-        yield "Dockerfile: the image runs as root (no USER, or USER 0)"
+        yield f"{path.name}: the image runs as root (no USER, or USER 0)"
 
 
 def _grace_problems(container: Container, objects: Objects) -> Iterator[str]:
@@ -544,11 +550,6 @@ def _public_ports(objects: Objects) -> Iterator[tuple[str, int]]:
 
 def _rule_ports(rule: dict[str, Any]) -> list[int]:
     return [p["port"] for p in rule.get("ports", []) if isinstance(p.get("port"), int)]
-
-
-def _dockerfile_user(path: Path) -> str | None:
-    users = re.findall(r"^USER\s+(\S+)", path.read_text(), re.MULTILINE)
-    return users[-1].split(":")[0] if users else None
 
 
 def main() -> int:

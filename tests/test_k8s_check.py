@@ -3,6 +3,7 @@ NetworkPolicy edge, a root container, an object the schema refuses."""
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -137,6 +138,26 @@ def test_a_root_container_is_caught(base: Objects) -> None:
     assert problems_after(base, run_as_root) == [
         "Deployment/gateway/gateway: runs as root (runAsUser is 0 or unset)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("users", "root"),
+    [
+        ("", True),
+        ("USER 0\n", True),
+        ("USER root:root\n", True),
+        ("USER 10001:10001\nUSER root\n", True),
+        ("USER root\nUSER 10001:10001\n", False),
+    ],
+    ids=["no_user", "uid_0", "root_with_group", "root_last", "non_root_last"],
+)
+def test_an_image_that_runs_as_root_is_caught(tmp_path: Path, users: str, root: bool) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(f'FROM python:3.12-slim\nRUN true\n{users}CMD ["python"]\n')
+
+    problems = list(k8s_check.dockerfile_problems(dockerfile))
+
+    assert problems == (["Dockerfile: the image runs as root (no USER, or USER 0)"] if root else [])
 
 
 def test_other_hardening_slips_are_caught(base: Objects) -> None:
