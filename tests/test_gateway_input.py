@@ -3,6 +3,7 @@ and the valid changes beside a bad one are kept."""
 
 import gzip
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -181,6 +182,23 @@ def test_a_bad_mpid_skips_only_its_profile(
     assert response.status_code == 200
     assert response.json()["suspend_subscription"] is False
     assert members(audience_stub) == {11, -12}
+
+
+def test_what_was_skipped_is_logged_without_the_identities(
+    http: httpx.Client, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad_mpid = "12345678901234567890123"
+    body = membership(tenant, profile("13"), profile(bad_mpid), profile("14", action="remove"))
+
+    with caplog.at_level(logging.WARNING, logger="services.gateway.endpoint"):
+        response = http.post("/mparticle", json=body)
+
+    [record] = [r for r in caplog.records if r.getMessage().startswith("skipped invalid parts")]
+    assert response.status_code == 200
+    assert (record.skipped_profiles, record.skipped_entries) == (1, 1)
+    assert record.first_problem.startswith("$.user_profiles[1].mpid")
+    logged = " ".join(str(value) for r in caplog.records for value in vars(r).values())
+    assert bad_mpid not in logged and tenant.api_key not in logged
 
 
 @pytest.mark.parametrize(
