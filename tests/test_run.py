@@ -60,6 +60,18 @@ def start_run(env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def run_to_end(env: dict[str, str], module: str = "services") -> subprocess.CompletedProcess[str]:
+    """Run ``python -m <module>`` until it exits (it is expected to refuse to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl_c", "hangup"])
 def test_suite_starts_serves_and_stops_cleanly(suite_env: dict[str, str], signum: int) -> None:
     process = start_run(suite_env)
@@ -128,14 +140,7 @@ def test_a_taken_port_stops_a_service_with_one_clear_line() -> None:
             KEYS_METRICS_PORT="0",
             REDIS_URL="redis://127.0.0.1:1/0",
         )
-        run = subprocess.run(
-            [sys.executable, "-m", "services.keys"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        run = run_to_end(env, "services.keys")
 
     assert run.returncode == 1
     assert "Traceback" not in run.stdout + run.stderr
@@ -152,22 +157,8 @@ def test_a_second_run_on_the_same_data_is_refused_before_starting_anything(
             name: str(free_port())
             for name in ("KEYS_PORT", "AUDIENCE_PORT", "SEGMENT_PORT", "GATEWAY_PORT")
         }
-        second = subprocess.run(
-            [sys.executable, "-m", "services"],
-            cwd=REPO,
-            env=suite_env | other_ports,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        again = subprocess.run(
-            [sys.executable, "-m", "services"],
-            cwd=REPO,
-            env=suite_env | {"RUN_DATA_DIR": suite_env["RUN_DATA_DIR"] + "-other"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        second = run_to_end(suite_env | other_ports)
+        again = run_to_end(suite_env | {"RUN_DATA_DIR": suite_env["RUN_DATA_DIR"] + "-other"})
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)
@@ -182,14 +173,7 @@ def test_the_embedded_redis_never_settles_for_another_server_on_its_port(
     suite_env: dict[str, str],
 ) -> None:
     with EmbeddedRedis() as foreign:
-        run = subprocess.run(
-            [sys.executable, "-m", "services"],
-            cwd=REPO,
-            env=suite_env | {"RUN_REDIS_PORT": str(foreign.port)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        run = run_to_end(suite_env | {"RUN_REDIS_PORT": str(foreign.port)})
 
     assert run.returncode == 1
     assert any("did not start" in m for m in _log_messages(run.stdout))
@@ -201,14 +185,7 @@ def test_the_embedded_redis_never_settles_for_another_server_on_its_port(
 def test_a_bad_setting_stops_the_run_with_its_name(
     suite_env: dict[str, str], setting: dict[str, str]
 ) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "services"],
-        cwd=REPO,
-        env=suite_env | setting,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_to_end(suite_env | setting)
 
     assert run.returncode == 1
     assert next(iter(setting)) in run.stderr
