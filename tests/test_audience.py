@@ -7,12 +7,14 @@ from typing import Any
 import grpc
 import pytest
 import redis
+import redis.asyncio
 import redis.crc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from services.audience.server import create_server
 from services.audience.settings import AudienceSettings
+from services.audience.store import CLOCK_MARGIN_MS, TOMBSTONE_ACCOUNTS, AudienceStore
 from services.common.embedded_redis import free_port
 
 ADD = audience_pb2.SUBSCRIPTION_ACTION_ADD
@@ -255,10 +257,11 @@ def test_every_key_of_an_account_lives_in_one_cluster_slot(
         subscribe(audience_stub, 7, account=account)
         change(audience_stub, 7, add=[1, -(2**63)], account=account)
         change(audience_stub, 8, add=[2], account=account)
+        change(audience_stub, 7, delete=[1], account=account)
         unsubscribe(audience_stub, 8, account=account)
 
     for name in redis_client.keys("*"):
-        if name == b"au:gc-accounts":
+        if name in (b"au:gc-accounts", b"au:gone-accounts"):
             continue
         tag = name[name.index(b"{") + 1 : name.index(b"}")]
         assert redis.crc.key_slot(name) == redis.crc.key_slot(tag), name
@@ -293,3 +296,46 @@ def test_storage_outage_is_unavailable_and_not_serving() -> None:
 
     assert code == grpc.StatusCode.UNAVAILABLE
     assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_tombstones_are_freed_in_bounded_steps_once_no_change_reads_them(
+    redis_server: Any,
+) -> None:
+    hour = 3600 * 1000
+    start = 1_767_268_800_000  # the start of an ordering generation (windows of an hour)
+    assert start % hour == 0
+
+    async def scenario() -> None:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        now = [start]
+        store = AudienceStore(client, ordering_window_seconds=3600, clock=lambda: now[0])
+
+        async def tombstones() -> int:
+            return len(await client.keys("au:gone:*"))
+
+        await store.apply_changes("acme", "con_1", [(5, "Five", [], [11, 12])], start)
+        written = await tombstones()
+
+        # Read while their generation is the current or the previous one...
+        now[0] = start + hour
+        older_add = await store.apply_changes("acme", "con_1", [(5, "Five", [11], [])], start - 1)
+        # ...and kept a margin longer, for servers whose clocks differ.
+        now[0] = start + 2 * hour + CLOCK_MARGIN_MS - 1
+        waiting = await store.free_old_tombstones(budget=256)
+        kept = await tombstones()
+
+        now[0] += 1
+        steps = 0
+        while await store.free_old_tombstones(budget=256):
+            steps += 1
+        freed = await tombstones()
+        accounts = await client.smembers(TOMBSTONE_ACCOUNTS)
+        await client.aclose()
+
+        assert written == 2
+        assert older_add.stale == 1
+        assert waiting == 0 and kept == 2
+        assert steps == 3  # 1,024 hashes, 256 a step: three steps report work still waiting
+        assert freed == 0 and accounts == set()
+
+    asyncio.run(scenario())

@@ -1,5 +1,6 @@
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
@@ -35,20 +36,33 @@ async def create_server(settings: AudienceSettings) -> GrpcServer:
         readiness=partial(redis_helpers.is_ready, client),
         readiness_interval_seconds=settings.readiness_interval_seconds,
         metrics_port=settings.metrics_port,
-        background=[partial(clean_up_removed_audiences, store, settings.cleanup_idle_seconds)],
+        background=[
+            partial(clean_up_removed_audiences, store, settings.cleanup_idle_seconds),
+            partial(free_old_tombstones, store, settings.cleanup_idle_seconds),
+        ],
         on_stop=[client.aclose],
     )
 
 
 async def clean_up_removed_audiences(store: AudienceStore, idle_seconds: float) -> None:
     """Free the memberships of removed audiences, one bounded step at a time, for ever."""
+    await _in_steps(store.cleanup, idle_seconds, "cleanup step failed")
+
+
+async def free_old_tombstones(store: AudienceStore, idle_seconds: float) -> None:
+    """Free the tombstones no change reads any more, one bounded step at a time, for ever."""
+    await _in_steps(store.free_old_tombstones, idle_seconds, "tombstone cleanup step failed")
+
+
+async def _in_steps(step: Callable[[], Awaitable[int]], idle_seconds: float, failed: str) -> None:
+    """Run ``step`` again at once while it reports work pending, else after a pause."""
     while True:
         try:
-            pending = await store.cleanup()
+            pending = await step()
         except redis_helpers.TRANSIENT_ERRORS:
             pending = 0
         except Exception:
-            _LOGGER.exception("cleanup step failed")
+            _LOGGER.exception(failed)
             pending = 0
 
         await asyncio.sleep(0 if pending else idle_seconds)

@@ -17,6 +17,10 @@ of the others, all in that slot.
                                   time (ms) of the change that added it
   au:gone:{A}:<iid>:<g>:<n> hash  MPID -> source time (ms) of its removal from the audience,
                                   for removals applied in ordering generation g; n is 0-1023
+  au:gone-gens:{A}         set    "<iid>:<g>" for each incarnation and generation that has
+                                  tombstones
+  au:gone-pos:{A}          hash   "<iid>:<g>" -> next tombstone hash to free
+  au:gone-accounts         set    accounts that may have tombstones (single-key use)
   au:removed:{A}           hash   audience id -> source time (ms) of its last removal
   au:gc:{A}                list   incarnations of removed audiences waiting for cleanup
   au:gcpos:{A}             hash   incarnation id -> next bucket to clean
@@ -34,13 +38,15 @@ Ordering: a change carries its source time (mParticle's timestamp_ms). A change 
 the last change applied to the same membership is ignored. For a membership that exists,
 this always holds (its add's source time is kept beside it); after a removal, it holds as
 long as the removal was applied less than one ordering window ago (it may hold for up to
-two): tombstones live in generations of one window each, and each expires after two.
+two): tombstones live in generations of one window each, read while their generation is
+the current or the previous one; a background loop frees the older ones
+(``free_old_tombstones``), so that no write pays for an expiry.
 """
 
 import base64
 import binascii
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -54,6 +60,10 @@ MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 # so that other commands never wait long behind one.
 APPLY_STEP = 500
 CLEANUP_ACCOUNTS = "au:gc-accounts"
+TOMBSTONE_ACCOUNTS = "au:gone-accounts"
+# A generation's tombstones are kept this long past the end of the next generation, for
+# servers whose clocks differ by as much.
+CLOCK_MARGIN_MS = 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -100,17 +110,25 @@ def now_ms() -> int:
 
 
 class AudienceStore:
-    def __init__(self, client: redis.asyncio.Redis, ordering_window_seconds: int = 3600) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        ordering_window_seconds: int = 3600,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        """``clock`` gives the time in ms (tests move it to step through generations)."""
         self._redis = client
         self._window_ms = ordering_window_seconds * 1000
-        # A generation's tombstones are read for two windows, plus a margin for clock steps.
-        self._tombstone_ttl_seconds = 2 * ordering_window_seconds + 60
+        self._clock = clock
+        # The generation each account was last listed in TOMBSTONE_ACCOUNTS for, by us.
+        self._listed_tombstones: dict[str, int] = {}
         self._apply = client.register_script(_script("apply_changes"))
         self._subscribe = client.register_script(_script("subscribe"))
         self._unsubscribe = client.register_script(_script("unsubscribe"))
         self._cleanup_step = client.register_script(_script("cleanup_step"))
         self._user_audiences = client.register_script(_script("user_audiences"))
         self._is_member = client.register_script(_script("is_member"))
+        self._tombstone_cleanup = client.register_script(_script("tombstone_cleanup"))
 
     async def subscribe(
         self,
@@ -169,7 +187,7 @@ class AudienceStore:
         tag = _tag(account_id)
         added = removed = stale = 0
         for step in _steps(changes, APPLY_STEP):
-            now = now_ms()
+            now = self._clock()
             generation = now // self._window_ms
             args: list[str | int] = [
                 tag,
@@ -178,7 +196,6 @@ class AudienceStore:
                 len(step),
                 source_time_ms,
                 generation,
-                self._tombstone_ttl_seconds,
                 # Tombstones written before this generation began carry source times no
                 # later than its start plus the clock skew the service accepts.
                 generation * self._window_ms + MAX_CLOCK_SKEW_MS,
@@ -188,6 +205,12 @@ class AudienceStore:
 
             counts = await self._apply(keys=[f"au:idx:{tag}"], args=args)
             added, removed, stale = added + counts[0], removed + counts[1], stale + counts[2]
+
+            deletes = any(step_deletes for *_, step_deletes in step)
+            if deletes and self._listed_tombstones.get(account_id) != generation:
+                # After the step: the cleanup drops an account whose pairs are all freed.
+                await self._redis.sadd(TOMBSTONE_ACCOUNTS, account_id)
+                self._listed_tombstones[account_id] = generation
         return ChangeResult(added=added, removed=removed, stale=stale)
 
     async def user_audiences(self, account_id: str, mpid: int) -> list[int]:
@@ -269,6 +292,27 @@ class AudienceStore:
             if await self._redis.llen(f"au:gc:{tag}"):
                 await self._redis.sadd(CLEANUP_ACCOUNTS, account_id)
                 return 1
+        return pending
+
+    async def free_old_tombstones(self, budget: int = 256, accounts: int = 16) -> int:
+        """Free at most ``budget`` tombstone hashes of generations no change reads any more,
+        in each of up to ``accounts`` accounts; returns how many (incarnation, generation)
+        pairs still wait in them."""
+        pending = 0
+        oldest_read = (self._clock() - CLOCK_MARGIN_MS) // self._window_ms - 1
+        for account in await self._redis.srandmember(TOMBSTONE_ACCOUNTS, accounts):
+            account_id = account.decode()
+            tag = _tag(account_id)
+            waiting, listed = await self._tombstone_cleanup(
+                keys=[f"au:gone-gens:{tag}"], args=[tag, oldest_read, budget]
+            )
+            pending += waiting
+            if listed == 0:
+                await self._redis.srem(TOMBSTONE_ACCOUNTS, account_id)
+                # A step may have written tombstones between the script and the SREM.
+                if await self._redis.scard(f"au:gone-gens:{tag}"):
+                    await self._redis.sadd(TOMBSTONE_ACCOUNTS, account_id)
+                self._listed_tombstones.pop(account_id, None)
         return pending
 
 

@@ -2,29 +2,31 @@
 --
 -- KEYS[1]  au:idx:{A}   (names the account's hash slot; every key touched carries {A})
 -- ARGV     tag ("{A}"), now (ms), connector id, audience count, the changes' source time
---          (ms, > 0), the current ordering generation, the TTL of tombstones (s), the
---          newest source time a tombstone of the previous generation can have (ms), then
---          for each audience: audience id, name (used if the audience is new), MPIDs
---          added, MPIDs deleted, the MPIDs being canonical decimal strings separated by
---          spaces.
+--          (ms, > 0), the current ordering generation, the newest source time a tombstone
+--          of the previous generation can have (ms), then for each audience: audience id,
+--          name (used if the audience is new), MPIDs added, MPIDs deleted, the MPIDs being
+--          canonical decimal strings separated by spaces.
 -- Returns  {memberships added, removed, changes ignored as stale}
 --
 -- Ordering: a member's field in its user hash holds the source time of the change that
 -- made it a member; a deletion leaves a tombstone (MPID -> source time) in a hash of the
--- current generation, au:gone:{A}:<iid>:<generation>:<0-1023>, which expires after two
--- generations. A change older than the stamp or tombstone it finds is ignored. While a
--- step is at least as new as every change its audience has seen (the audience's high-water
--- mark, "hw"), nothing newer can exist, so nothing is read before writing.
+-- current generation, au:gone:{A}:<iid>:<generation>:<0-1023>; au:gone-gens:{A} lists the
+-- (incarnation, generation) pairs that have tombstones, which the cleanup loop frees once
+-- two generations old (tombstone_cleanup.lua), so that no write pays for an expiry. A
+-- change older than the stamp or tombstone it finds is ignored. While a step is at least as
+-- new as every change its audience has seen (the audience's high-water mark, "hw"), nothing
+-- newer can exist, so nothing is read before writing.
 local tag, now, connector = ARGV[1], ARGV[2], ARGV[3]
 local count, source_time = tonumber(ARGV[4]), ARGV[5]
-local time_value, generation, tombstone_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local check_previous = time_value <= tonumber(ARGV[8])
+local time_value, generation = tonumber(ARGV[5]), tonumber(ARGV[6])
+local check_previous = time_value <= tonumber(ARGV[7])
 local idx = KEYS[1]
 -- Tombstones of one audience and generation are spread over this many hashes, so that each
 -- stays short: a small hash is a list that HGET scans, and most lookups are misses.
 local TOMBSTONE_HASHES = 1024
 local users = 'au:usr:' .. tag .. ':'
 local removals = 'au:removed:' .. tag
+local generations = 'au:gone-gens:' .. tag
 local added, removed, stale = 0, 0, 0
 
 local function words(text)
@@ -57,7 +59,7 @@ local function ensure_audience(audience, name, meta)
 end
 
 for a = 0, count - 1 do
-  local base = 9 + 4 * a
+  local base = 8 + 4 * a
   local audience, name, adds, deletes = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
   local meta = 'au:meta:' .. tag .. ':' .. audience
 
@@ -80,7 +82,7 @@ for a = 0, count - 1 do
     local members = 'au:mem:' .. tag .. ':' .. iid .. ':'
     local gone = 'au:gone:' .. tag .. ':' .. iid .. ':'
     local gone_now, gone_before = gone .. generation .. ':', gone .. (generation - 1) .. ':'
-    local tombstones = {}
+    local wrote_tombstones = false
 
     -- Whether a removal newer than this step was applied to a non-member.
     local function removed_later(mpid, digits)
@@ -140,19 +142,18 @@ for a = 0, count - 1 do
         applied = false
       end
       if applied then
-        local key = gone_now .. (digits % TOMBSTONE_HASHES)
-        redis.call('HSET', key, mpid, source_time)
-        tombstones[key] = true
+        redis.call('HSET', gone_now .. (digits % TOMBSTONE_HASHES), mpid, source_time)
+        wrote_tombstones = true
       else
         stale = stale + 1
       end
     end
 
-    if next(tombstones) ~= nil and time_value > deleted_water then
-      redis.call('HSET', meta, 'dhw', source_time)
-    end
-    for key in pairs(tombstones) do
-      redis.call('EXPIRE', key, tombstone_ttl)
+    if wrote_tombstones then
+      if time_value > deleted_water then
+        redis.call('HSET', meta, 'dhw', source_time)
+      end
+      redis.call('SADD', generations, iid .. ':' .. generation)
     end
     if delta_added + delta_removed > 0 then
       redis.call('HINCRBY', meta, 'members', delta_added - delta_removed)
