@@ -313,8 +313,11 @@ def test_tombstones_are_freed_in_bounded_steps_once_no_change_reads_them(
         async def tombstones() -> int:
             return len(await client.keys("au:gone:*"))
 
+        await store.apply_changes("acme", "con_1", [(5, "Five", [13], [])], start)
+        listed_after_adds = await client.smembers(TOMBSTONE_ACCOUNTS)
         await store.apply_changes("acme", "con_1", [(5, "Five", [], [11, 12])], start)
         written = await tombstones()
+        listed_after_deletes = await client.smembers(TOMBSTONE_ACCOUNTS)
 
         # Read while their generation is the current or the previous one...
         now[0] = start + hour
@@ -332,6 +335,7 @@ def test_tombstones_are_freed_in_bounded_steps_once_no_change_reads_them(
         accounts = await client.smembers(TOMBSTONE_ACCOUNTS)
         await client.aclose()
 
+        assert listed_after_adds == set() and listed_after_deletes == {b"acme"}
         assert written == 2
         assert older_add.stale == 1
         assert waiting == 0 and kept == 2

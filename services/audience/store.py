@@ -206,9 +206,10 @@ class AudienceStore:
             counts = await self._apply(keys=[f"au:idx:{tag}"], args=args)
             added, removed, stale = added + counts[0], removed + counts[1], stale + counts[2]
 
-            deletes = any(step_deletes for *_, step_deletes in step)
-            if deletes and self._listed_tombstones.get(account_id) != generation:
-                # After the step: the cleanup drops an account whose pairs are all freed.
+            wrote_tombstones = counts[3] == 1
+            if wrote_tombstones and self._listed_tombstones.get(account_id) != generation:
+                # After the step, so that the cleanup, which drops an account once all its
+                # tombstones are freed, cannot drop it between the two.
                 await self._redis.sadd(TOMBSTONE_ACCOUNTS, account_id)
                 self._listed_tombstones[account_id] = generation
         return ChangeResult(added=added, removed=removed, stale=stale)

@@ -6,7 +6,7 @@
 --          of the previous generation can have (ms), then for each audience: audience id,
 --          name (used if the audience is new), MPIDs added, MPIDs deleted, the MPIDs being
 --          canonical decimal strings separated by spaces.
--- Returns  {memberships added, removed, changes ignored as stale}
+-- Returns  {memberships added, removed, changes ignored as stale, 1 if it wrote tombstones}
 --
 -- Ordering: a member's field in its user hash holds the source time of the change that
 -- made it a member; a deletion leaves a tombstone (MPID -> source time) in a hash of the
@@ -27,7 +27,7 @@ local TOMBSTONE_HASHES = 1024
 local users = 'au:usr:' .. tag .. ':'
 local removals = 'au:removed:' .. tag
 local generations = 'au:gone-gens:' .. tag
-local added, removed, stale = 0, 0, 0
+local added, removed, stale, tombstones = 0, 0, 0, 0
 
 local function words(text)
   local n = 0
@@ -154,6 +154,7 @@ for a = 0, count - 1 do
         redis.call('HSET', meta, 'dhw', source_time)
       end
       redis.call('SADD', generations, iid .. ':' .. generation)
+      tombstones = 1
     end
     if delta_added + delta_removed > 0 then
       redis.call('HINCRBY', meta, 'members', delta_added - delta_removed)
@@ -164,4 +165,4 @@ for a = 0, count - 1 do
   end
 end
 
-return {added, removed, stale}
+return {added, removed, stale, tombstones}
