@@ -306,7 +306,8 @@ def test_tombstones_are_freed_in_bounded_steps_once_no_change_reads_them(
     assert start % hour == 0
 
     async def scenario() -> None:
-        client = redis.asyncio.Redis.from_url(redis_server.url)
+        # Database 1: the running suite's own cleanup loop, on database 0, keeps real time.
+        client = redis.asyncio.Redis(port=redis_server.port, db=1)
         now = [start]
         store = AudienceStore(client, ordering_window_seconds=3600, clock=lambda: now[0])
 

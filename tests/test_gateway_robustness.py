@@ -34,12 +34,18 @@ def profile(mpid: Any, audience_id: int = 5, name: Any = "Five", action: str = "
     }
 
 
-def exchange(base_url: str, sent: bytes) -> bytes:
-    """Send raw bytes to the gateway; everything it answers until it closes the connection
-    (socket.timeout after 5 s if it never does)."""
+def exchange(base_url: str, sent: bytes, piece: int | None = None) -> bytes:
+    """Send raw bytes to the gateway (``piece`` bytes at a time, each as its own segment,
+    when given); everything it answers until it closes the connection (socket.timeout
+    after 5 s if it never does)."""
     url = httpx.URL(base_url)
     with socket.create_connection((url.host, url.port), timeout=5) as connection:
-        connection.sendall(sent)
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        step = piece or max(len(sent), 1)
+        for start in range(0, len(sent), step):
+            connection.sendall(sent[start : start + step])
+            if piece:
+                time.sleep(0.002)
         received = b""
         while chunk := connection.recv(65536):
             received += chunk
@@ -400,20 +406,6 @@ def test_a_request_that_is_not_http_gets_the_error_shape(stack: Stack, request_h
     assert json.loads(body)["error"]["code"] == "invalid_http"
 
 
-def exchange_in_pieces(base_url: str, sent: bytes, piece: int) -> bytes:
-    """Like exchange, but sends ``piece`` bytes at a time, each as its own segment."""
-    url = httpx.URL(base_url)
-    with socket.create_connection((url.host, url.port), timeout=5) as connection:
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for start in range(0, len(sent), piece):
-            connection.sendall(sent[start : start + piece])
-            time.sleep(0.002)
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
-    return received
-
-
 @pytest.mark.parametrize("piece", [None, 4096], ids=["at_once", "in_pieces"])
 def test_a_request_head_over_the_limit_is_431(stack: Stack, piece: int | None) -> None:
     # Nothing more is sent once the head is over the limit, so that the gateway has read
@@ -421,10 +413,7 @@ def test_a_request_head_over_the_limit_is_431(stack: Stack, piece: int | None) -
     start = b"POST /mparticle HTTP/1.1\r\nHost: x\r\nX-Padding: "
     sent = start + b"x" * (MAX_HEAD_BYTES + 1 - len(start))
 
-    if piece is None:
-        received = exchange(stack.gateway_url, sent)
-    else:
-        received = exchange_in_pieces(stack.gateway_url, sent, piece)
+    received = exchange(stack.gateway_url, sent, piece)
 
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431")

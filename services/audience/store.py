@@ -61,6 +61,9 @@ MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 APPLY_STEP = 500
 CLEANUP_ACCOUNTS = "au:gc-accounts"
 TOMBSTONE_ACCOUNTS = "au:gone-accounts"
+# Tombstones of one audience and generation are spread over this many hashes, so that each
+# stays short: a small hash is a list that HGET scans, and most lookups are misses.
+TOMBSTONE_HASHES = 1024
 # A generation's tombstones are kept this long past the end of the next generation, for
 # servers whose clocks differ by as much.
 CLOCK_MARGIN_MS = 60 * 1000
@@ -199,6 +202,7 @@ class AudienceStore:
                 # Tombstones written before this generation began carry source times no
                 # later than its start plus the clock skew the service accepts.
                 generation * self._window_ms + MAX_CLOCK_SKEW_MS,
+                TOMBSTONE_HASHES,
             ]
             for audience_id, name, adds, deletes in step:
                 args += (audience_id, name, " ".join(map(str, adds)), " ".join(map(str, deletes)))
@@ -305,7 +309,7 @@ class AudienceStore:
             account_id = account.decode()
             tag = _tag(account_id)
             waiting, listed = await self._tombstone_cleanup(
-                keys=[f"au:gone-gens:{tag}"], args=[tag, oldest_read, budget]
+                keys=[f"au:gone-gens:{tag}"], args=[tag, oldest_read, budget, TOMBSTONE_HASHES]
             )
             pending += waiting
             if listed == 0:

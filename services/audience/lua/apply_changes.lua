@@ -3,9 +3,10 @@
 -- KEYS[1]  au:idx:{A}   (names the account's hash slot; every key touched carries {A})
 -- ARGV     tag ("{A}"), now (ms), connector id, audience count, the changes' source time
 --          (ms, > 0), the current ordering generation, the newest source time a tombstone
---          of the previous generation can have (ms), then for each audience: audience id,
---          name (used if the audience is new), MPIDs added, MPIDs deleted, the MPIDs being
---          canonical decimal strings separated by spaces.
+--          of the previous generation can have (ms), the number of tombstone hashes per
+--          audience and generation, then for each audience: audience id, name (used if the
+--          audience is new), MPIDs added, MPIDs deleted, the MPIDs being canonical decimal
+--          strings separated by spaces.
 -- Returns  {memberships added, removed, changes ignored as stale, 1 if it wrote tombstones}
 --
 -- Ordering: a member's field in its user hash holds the source time of the change that
@@ -21,9 +22,7 @@ local count, source_time = tonumber(ARGV[4]), ARGV[5]
 local time_value, generation = tonumber(ARGV[5]), tonumber(ARGV[6])
 local check_previous = time_value <= tonumber(ARGV[7])
 local idx = KEYS[1]
--- Tombstones of one audience and generation are spread over this many hashes, so that each
--- stays short: a small hash is a list that HGET scans, and most lookups are misses.
-local TOMBSTONE_HASHES = 1024
+local TOMBSTONE_HASHES = tonumber(ARGV[8])
 local users = 'au:usr:' .. tag .. ':'
 local removals = 'au:removed:' .. tag
 local generations = 'au:gone-gens:' .. tag
@@ -59,7 +58,7 @@ local function ensure_audience(audience, name, meta)
 end
 
 for a = 0, count - 1 do
-  local base = 8 + 4 * a
+  local base = 9 + 4 * a
   local audience, name, adds, deletes = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
   local meta = 'au:meta:' .. tag .. ':' .. audience
 

@@ -1,10 +1,10 @@
 -- Frees the tombstones of generations that no change reads any more, at most ARGV[3] hashes.
 --
 -- KEYS[1]  au:gone-gens:{A}   ("<iid>:<generation>" for each pair that has tombstones)
--- ARGV     tag, the oldest generation still read, hash budget
+-- ARGV     tag, the oldest generation still read, hash budget, tombstone hashes per pair
 -- Returns  {pairs older than that still to free, pairs listed in all}
 local tag, oldest_read, budget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local TOMBSTONE_HASHES = 1024
+local TOMBSTONE_HASHES = tonumber(ARGV[4])
 local positions = 'au:gone-pos:' .. tag
 local pending = 0
 
