@@ -17,9 +17,10 @@ SERVICE_NAME = audience_pb2.DESCRIPTOR.services_by_name["AudienceService"].full_
 
 async def create_server(settings: AudienceSettings) -> GrpcServer:
     """Build the audience server on settings.host:settings.port (0 picks a free port)."""
-    # TODO(#4): one process serves every call, so lookups top out at one core (about 470 µs
-    # of CPU a lookup, most of it grpc.aio and the redis-py round trip; docs/performance.md).
-    # Serving the port from several processes would lift that.
+    # TODO(#4): one process serves every call, so lookups top out at one core (470-650 µs of
+    # CPU a lookup, by machine, most of it grpc.aio and the redis-py round trip;
+    # docs/performance.md). Serving the port from several processes would lift that where
+    # the callers run on other machines.
     client = redis_helpers.connect(settings.redis_url)
     store = AudienceStore(client, settings.ordering_window_seconds)
     servicer = AudienceServicer(store)
