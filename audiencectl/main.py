@@ -77,17 +77,38 @@ account_option = click.option("--account", required=True, help="Account id.")
 
 
 @click.group()
-@click.option("--keys", "keys_target", envvar="KEYS_TARGET", default="127.0.0.1:50051",
-              show_default=True, help="keys service address [env KEYS_TARGET]")  # fmt: skip
-@click.option("--audience", "audience_target", envvar="AUDIENCE_TARGET",
-              default="127.0.0.1:50052", show_default=True,
-              help="audience service address [env AUDIENCE_TARGET]")  # fmt: skip
-@click.option("--segment", "segment_target", envvar="SEGMENT_TARGET", default="127.0.0.1:50053",
-              show_default=True, help="segment service address [env SEGMENT_TARGET]")  # fmt: skip
+@click.option(
+    "--keys",
+    "keys_target",
+    envvar="KEYS_TARGET",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="keys service address [env KEYS_TARGET]",
+)
+@click.option(
+    "--audience",
+    "audience_target",
+    envvar="AUDIENCE_TARGET",
+    default="127.0.0.1:50052",
+    show_default=True,
+    help="audience service address [env AUDIENCE_TARGET]",
+)
+@click.option(
+    "--segment",
+    "segment_target",
+    envvar="SEGMENT_TARGET",
+    default="127.0.0.1:50053",
+    show_default=True,
+    help="segment service address [env SEGMENT_TARGET]",
+)
 @click.option("--timeout", default=5.0, show_default=True, help="Deadline of each call, seconds.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print answers as JSON (the proto3 mapping: 64-bit integers as strings). "
-                   "Before the command or after it.")  # fmt: skip
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print answers as JSON (the proto3 mapping: 64-bit integers as strings). "
+    "Before the command or after it.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,

@@ -63,8 +63,10 @@ class Report:
 
 
 def main() -> int:
-    tools = {"wrk": find_or_install("wrk", "wrk"), "redis-benchmark": find_or_install(
-        "redis-benchmark", "redis-tools")}  # fmt: skip
+    tools = {
+        "wrk": find_or_install("wrk", "wrk"),
+        "redis-benchmark": find_or_install("redis-benchmark", "redis-tools"),
+    }
     report = Report(machine=_machine(), tools=tools)
     cpu_before = _cpu_times()
     work = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -236,12 +238,21 @@ def _wrk(
     )
     output = subprocess.run(
         [
-            wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            "--timeout", "10s",
-            "-s", str(REPO / "bench" / "post_bodies.lua"), suite.gateway_url,
+            wrk,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(REPO / "bench" / "post_bodies.lua"),
+            suite.gateway_url,
         ],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     line = next(row for row in output.splitlines() if row.startswith("BENCH "))
     result = json.loads(line.removeprefix("BENCH "))
     result["requests_per_second"] = result["requests"] / (result["duration_us"] / 1e6)
@@ -308,12 +319,15 @@ def _ordering_memory(
         audience_pb2.ApplyMembershipChangesRequest(
             account_id=ACCOUNT,
             connector_id="con_bench",
-            audiences=[audience_pb2.AudienceChanges(audience_id=LOOKUP_AUDIENCES[0],
-                                                    delete_mpids=strangers)],
+            audiences=[
+                audience_pb2.AudienceChanges(
+                    audience_id=LOOKUP_AUDIENCES[0], delete_mpids=strangers
+                )
+            ],
             timestamp_ms=CLOCK + 1,
         ),
         timeout=120,
-    )  # fmt: skip
+    )
     tombstone = (client.info("memory")["used_memory"] - before) / len(strangers)
     return {"stamp_bytes_per_membership": stamp, "bytes_per_tombstone": tombstone}
 
@@ -324,9 +338,12 @@ def _load_audience(audience: Any, rng: random.Random, audience_id: int, size: in
         chunk = members[start : start + 100_000]
         _apply(
             audience,
-            [audience_pb2.AudienceChanges(audience_id=audience_id, audience_name=f"G{size}",
-                                          add_mpids=chunk)],
-        )  # fmt: skip
+            [
+                audience_pb2.AudienceChanges(
+                    audience_id=audience_id, audience_name=f"G{size}", add_mpids=chunk
+                )
+            ],
+        )
     return members
 
 
@@ -395,40 +412,72 @@ def _judge(report: Report) -> None:
     for profiles, goal in ((1000, 0.35), (100, 0.18)):
         ingest = m[f"ingest_{profiles}"]
         ratio = ingest["memberships_per_second"] / ingest["redis_sadd_per_second_just_before"]
-        report.target(f"ingestion, {profiles} profiles/request, x redis SADD", ratio,
-                      f">= {goal}", ratio >= goal and _clean(ingest), "x")  # fmt: skip
+        report.target(
+            f"ingestion, {profiles} profiles/request, x redis SADD",
+            ratio,
+            f">= {goal}",
+            ratio >= goal and _clean(ingest),
+            "x",
+        )
     p99 = m["ingest_1000"]["p99_us"] / 1000
-    report.target("1,000-profile request p99 at 8 concurrent", p99, "< 100 ms",
-                  p99 < 100 and _clean(m["ingest_1000"]), "ms")  # fmt: skip
+    report.target(
+        "1,000-profile request p99 at 8 concurrent",
+        p99,
+        "< 100 ms",
+        p99 < 100 and _clean(m["ingest_1000"]),
+        "ms",
+    )
     p99 = m["verification"]["p99_us"] / 1000
-    report.target("verification request p99", p99, "< 10 ms",
-                  p99 < 10 and _clean(m["verification"]), "ms")  # fmt: skip
+    report.target(
+        "verification request p99", p99, "< 10 ms", p99 < 10 and _clean(m["verification"]), "ms"
+    )
     for name in ("user_audiences", "check_membership"):
         lookup = m[f"lookup_{name}"]
         clean = lookup["errors"] == 0
         ratio = lookup["max_per_second"] / lookup["trivial_max_per_second"]
-        report.target(f"lookup {name} max rate, x trivial gRPC", ratio, ">= 0.6",
-                      ratio >= 0.6 and clean, "x")  # fmt: skip
+        report.target(
+            f"lookup {name} max rate, x trivial gRPC", ratio, ">= 0.6", ratio >= 0.6 and clean, "x"
+        )
         ratio = lookup["p99_us"] / lookup["trivial_p99_us_at_same_rate"]
-        report.target(f"lookup {name} p99 at half load, x trivial p99", ratio, "<= 1.5",
-                      ratio <= 1.5 and clean, "x")  # fmt: skip
+        report.target(
+            f"lookup {name} p99 at half load, x trivial p99",
+            ratio,
+            "<= 1.5",
+            ratio <= 1.5 and clean,
+            "x",
+        )
     memory = m["bytes_per_membership"]
     report.target("Redis memory per membership", memory, "<= 64 B", memory <= 64, "B")
     growth = m["growth"]
     small, large = growth[1_000], growth[1_000_000]
     clean = small["clean"] and large["clean"]
     ratio = large["ingest_memberships_per_second"] / small["ingest_memberships_per_second"]
-    report.target("ingestion rate, 1M-member vs 1k-member audience", ratio, ">= 0.75 (flat)",
-                  ratio >= 0.75 and clean, "x")  # fmt: skip
+    report.target(
+        "ingestion rate, 1M-member vs 1k-member audience",
+        ratio,
+        ">= 0.75 (flat)",
+        ratio >= 0.75 and clean,
+        "x",
+    )
     ratio = large["lookup_p99_us"] / small["lookup_p99_us"]
-    report.target("lookup p99, 1M-member vs 1k-member audience", ratio, "<= 1.5 (flat)",
-                  ratio <= 1.5 and clean, "x")  # fmt: skip
+    report.target(
+        "lookup p99, 1M-member vs 1k-member audience",
+        ratio,
+        "<= 1.5 (flat)",
+        ratio <= 1.5 and clean,
+        "x",
+    )
     removal = m["removal"]
-    slowest = max(removal["slowest_command_us"] / 1000,
-                  *removal["latency_events_max_ms"].values(), 0)  # fmt: skip
-    report.target("slowest Redis command while removing 1M members under load", slowest,
-                  "<= 10 ms", slowest <= 10 and removal["cleanup_finished"]
-                  and removal["ingest_clean"], "ms")  # fmt: skip
+    slowest = max(
+        removal["slowest_command_us"] / 1000, *removal["latency_events_max_ms"].values(), 0
+    )
+    report.target(
+        "slowest Redis command while removing 1M members under load",
+        slowest,
+        "<= 10 ms",
+        slowest <= 10 and removal["cleanup_finished"] and removal["ingest_clean"],
+        "ms",
+    )
 
 
 def _machine() -> dict[str, Any]:
@@ -470,13 +519,17 @@ def _step(text: str) -> None:
 def _print(report: Report) -> None:
     m = report.measured
     machine = report.machine
-    print(f"\nMachine: {machine['cores']} cores, {machine['cpu']}, "
-          f"{machine['cpu_stolen_percent']:.0f} % of CPU time stolen by the hypervisor; "
-          f"Python {machine['python']}, Redis {machine['redis']}; started {machine['when']}; "
-          f"{machine['seconds_per_measurement']:g} s an ingestion run; "
-          f"tools: {report.tools}")  # fmt: skip
-    print(f"References: redis-benchmark SADD {m['redis_sadd_per_second']:,.0f}/s; "
-          f"trivial gRPC call {m['grpc_trivial_max_per_second']:,.0f}/s\n")  # fmt: skip
+    print(
+        f"\nMachine: {machine['cores']} cores, {machine['cpu']}, "
+        f"{machine['cpu_stolen_percent']:.0f} % of CPU time stolen by the hypervisor; "
+        f"Python {machine['python']}, Redis {machine['redis']}; started {machine['when']}; "
+        f"{machine['seconds_per_measurement']:g} s an ingestion run; "
+        f"tools: {report.tools}"
+    )
+    print(
+        f"References: redis-benchmark SADD {m['redis_sadd_per_second']:,.0f}/s; "
+        f"trivial gRPC call {m['grpc_trivial_max_per_second']:,.0f}/s\n"
+    )
     print(_table(report))
 
 
@@ -486,42 +539,60 @@ def _table(report: Report) -> str:
     for profiles in (1000, 100, 1):
         r = m[f"ingest_{profiles}"]
         unit = "profile" if profiles == 1 else "profiles"
-        lines.append(f"| ingestion, {profiles} {unit}/request (8 conn.) | "
-                     f"{r['memberships_per_second']:,.0f} memberships/s (SADD just before: "
-                     f"{r['redis_sadd_per_second_just_before']:,.0f}/s), "
-                     f"{r['requests_per_second']:,.0f} req/s, p50 {r['p50_us'] / 1000:.1f} ms, "
-                     f"p99 {r['p99_us'] / 1000:.1f} ms |")  # fmt: skip
+        lines.append(
+            f"| ingestion, {profiles} {unit}/request (8 conn.) | "
+            f"{r['memberships_per_second']:,.0f} memberships/s (SADD just before: "
+            f"{r['redis_sadd_per_second_just_before']:,.0f}/s), "
+            f"{r['requests_per_second']:,.0f} req/s, p50 {r['p50_us'] / 1000:.1f} ms, "
+            f"p99 {r['p99_us'] / 1000:.1f} ms |"
+        )
     v = m["verification"]
-    lines.append(f"| verification request (1 conn.) | p50 {v['p50_us'] / 1000:.2f} ms, "
-                 f"p99 {v['p99_us'] / 1000:.2f} ms |")  # fmt: skip
+    lines.append(
+        f"| verification request (1 conn.) | p50 {v['p50_us'] / 1000:.2f} ms, "
+        f"p99 {v['p99_us'] / 1000:.2f} ms |"
+    )
     for name in ("user_audiences", "check_membership"):
         r = m[f"lookup_{name}"]
-        lines.append(f"| lookup {name} | max {r['max_per_second']:,.0f}/s (trivial call just "
-                     f"before: {r['trivial_max_per_second']:,.0f}/s); at "
-                     f"{r['half_rate']:,.0f}/s p50 {r['p50_us'] / 1000:.2f} ms, p99 "
-                     f"{r['p99_us'] / 1000:.2f} ms (trivial call: "
-                     f"{r['trivial_p99_us_at_same_rate'] / 1000:.2f} ms) |")  # fmt: skip
-    lines.append(f"| Redis memory per membership (1M, both directions) | "
-                 f"{m['bytes_per_membership']:.1f} B, of which the add's source time "
-                 f"{m['ordering']['stamp_bytes_per_membership']:.1f} B |")  # fmt: skip
-    lines.append(f"| Redis memory per tombstone (a removal, kept one to two ordering windows) | "
-                 f"{m['ordering']['bytes_per_tombstone']:.1f} B |")  # fmt: skip
+        lines.append(
+            f"| lookup {name} | max {r['max_per_second']:,.0f}/s (trivial call just "
+            f"before: {r['trivial_max_per_second']:,.0f}/s); at "
+            f"{r['half_rate']:,.0f}/s p50 {r['p50_us'] / 1000:.2f} ms, p99 "
+            f"{r['p99_us'] / 1000:.2f} ms (trivial call: "
+            f"{r['trivial_p99_us_at_same_rate'] / 1000:.2f} ms) |"
+        )
+    lines.append(
+        f"| Redis memory per membership (1M, both directions) | "
+        f"{m['bytes_per_membership']:.1f} B, of which the add's source time "
+        f"{m['ordering']['stamp_bytes_per_membership']:.1f} B |"
+    )
+    lines.append(
+        f"| Redis memory per tombstone (a removal, kept one to two ordering windows) | "
+        f"{m['ordering']['bytes_per_tombstone']:.1f} B |"
+    )
     for size, g in m["growth"].items():
-        lines.append(f"| audience of {size:,} members | ingestion "
-                     f"{g['ingest_memberships_per_second']:,.0f} memberships/s; lookup p99 "
-                     f"{g['lookup_p99_us'] / 1000:.2f} ms |")  # fmt: skip
+        lines.append(
+            f"| audience of {size:,} members | ingestion "
+            f"{g['ingest_memberships_per_second']:,.0f} memberships/s; lookup p99 "
+            f"{g['lookup_p99_us'] / 1000:.2f} ms |"
+        )
     r = m["removal"]
-    slowest = (f"{r['slowest_command_us'] / 1000:.2f} ms" if r["slowest_command_us"]
-               else "under 1 ms")  # fmt: skip
+    slowest = (
+        f"{r['slowest_command_us'] / 1000:.2f} ms" if r["slowest_command_us"] else "under 1 ms"
+    )
     latency = ", ".join(f"{k} {v} ms" for k, v in r["latency_events_max_ms"].items()) or "none"
-    lines.append(f"| removing 1M members under load | slowest command (SLOWLOG) {slowest}, "
-                 f"{r['commands_over_1ms']:,}{'+' if r['slowlog_full'] else ''} over 1 ms; "
-                 f"LATENCY events from 1 ms: {latency}; "
-                 f"cleanup {r['cleanup_seconds']:.1f} s; "
-                 f"ingestion meanwhile {r['ingest_memberships_per_second']:,.0f}/s |")  # fmt: skip
+    lines.append(
+        f"| removing 1M members under load | slowest command (SLOWLOG) {slowest}, "
+        f"{r['commands_over_1ms']:,}{'+' if r['slowlog_full'] else ''} over 1 ms; "
+        f"LATENCY events from 1 ms: {latency}; "
+        f"cleanup {r['cleanup_seconds']:.1f} s; "
+        f"ingestion meanwhile {r['ingest_memberships_per_second']:,.0f}/s |"
+    )
     cpu = m["ingest_1000"]["cpu_us_per_membership"]
-    lines.append("| CPU per membership (1,000 profiles/request) | "
-                 + ", ".join(f"{k} {v:.1f} µs" for k, v in cpu.items()) + " |")  # fmt: skip
+    lines.append(
+        "| CPU per membership (1,000 profiles/request) | "
+        + ", ".join(f"{k} {v:.1f} µs" for k, v in cpu.items())
+        + " |"
+    )
     lines += ["", "| target | goal | measured | |", "|---|---|---|---|"]
     for t in report.targets:
         verdict = "pass" if t["met"] else "falls short"

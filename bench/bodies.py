@@ -10,16 +10,40 @@ from dataclasses import dataclass
 import orjson
 
 USER_IDENTITY_TYPES = [
-    "other", "customer", "facebook", "twitter", "google", "microsoft", "yahoo", "email",
-    "other2", "other3", "other4", "other5", "other6", "other7", "other8", "other9", "other10",
-    "mobile_number", "phone_number_2", "phone_number_3",
-]  # fmt: skip
+    "other",
+    "customer",
+    "facebook",
+    "twitter",
+    "google",
+    "microsoft",
+    "yahoo",
+    "email",
+    "other2",
+    "other3",
+    "other4",
+    "other5",
+    "other6",
+    "other7",
+    "other8",
+    "other9",
+    "other10",
+    "mobile_number",
+    "phone_number_2",
+    "phone_number_3",
+]
 DEVICE_IDENTITY_TYPES = [
-    "android_id", "google_advertising_id", "ios_advertising_id", "ios_vendor_id",
-    "google_cloud_messaging_token", "apple_push_notification_token", "roku_advertising_id",
-    "microsoft_advertising_id", "microsoft_publisher_id", "fire_advertising_id",
+    "android_id",
+    "google_advertising_id",
+    "ios_advertising_id",
+    "ios_vendor_id",
+    "google_cloud_messaging_token",
+    "apple_push_notification_token",
+    "roku_advertising_id",
+    "microsoft_advertising_id",
+    "microsoft_publisher_id",
+    "fire_advertising_id",
     "roku_publisher_id",
-]  # fmt: skip
+]
 AUDIENCE_POOL = [(90000 + i * 101, f"Bench audience {i}") for i in range(5)]
 BOUNDARY_MPIDS = ["9223372036854775807", "-9223372036854775808", "-1", "1"]
 

@@ -21,6 +21,8 @@ def find_or_install(command: str, debian_package: str) -> str:
         sys.exit(f"bench: {command} is needed; install the {debian_package} package")
     version = subprocess.run([path, "--version"], capture_output=True, text=True)
     first_line = (version.stdout or version.stderr).strip().splitlines()[:1]
-    print(f"bench: using {path} ({first_line[0] if first_line else 'unknown version'})",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"bench: using {path} ({first_line[0] if first_line else 'unknown version'})",
+        file=sys.stderr,
+    )
     return path

@@ -242,10 +242,10 @@ def availability_problems(objects: Objects) -> Iterator[str]:
         ):
             yield f"Deployment/{name}: no PodDisruptionBudget covers its pods"
         if not any(
-            hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                              "name": name}
+            hpa["spec"]["scaleTargetRef"]
+            == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
             for hpa in _of_kind(objects, "HorizontalPodAutoscaler")
-        ):  # fmt: skip
+        ):
             yield f"Deployment/{name}: no HorizontalPodAutoscaler scales it"
 
 

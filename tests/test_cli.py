@@ -12,10 +12,13 @@ from tests.conftest import Stack, fixture_json
 
 def run(stack: Stack, *args: str) -> Any:
     targets = [
-        "--keys", stack.target("keys"),
-        "--audience", stack.target("audience"),
-        "--segment", stack.target("segment"),
-    ]  # fmt: skip
+        "--keys",
+        stack.target("keys"),
+        "--audience",
+        stack.target("audience"),
+        "--segment",
+        stack.target("segment"),
+    ]
     return CliRunner().invoke(cli, [*targets, *args], catch_exceptions=False)
 
 

@@ -92,8 +92,12 @@ def test_json_content_type_with_parameters_is_accepted(http: httpx.Client) -> No
         ({"type": "event_processing_request"}, 400, "unsupported_type", "$.type"),
         ({"type": 7}, 400, "invalid_field", "$.type"),
         ({"account": None}, 400, "invalid_field", "$.account"),
-        ({"account": {"account_id": 1, "account_settings": []}}, 400, "invalid_field",
-         "$.account.account_settings"),
+        (
+            {"account": {"account_id": 1, "account_settings": []}},
+            400,
+            "invalid_field",
+            "$.account.account_settings",
+        ),
         ({"action": "ADD"}, 400, "invalid_field", "$.action"),
         ({"action": None}, 400, "invalid_field", "$.action"),
         ({"audience_id": 0}, 400, "invalid_field", "$.audience_id"),
@@ -106,7 +110,7 @@ def test_json_content_type_with_parameters_is_accepted(http: httpx.Client) -> No
         ({"audience_name": {"a": 1}}, 400, "invalid_field", "$.audience_name"),
         ({"action": "update", "audience_name": ""}, 400, "invalid_field", "$.audience_name"),
     ],
-)  # fmt: skip
+)
 def test_bad_subscription_envelopes_are_400(
     http: httpx.Client, tenant: Tenant, change: dict, status: int, code: str, path: str
 ) -> None:

@@ -248,8 +248,10 @@ def test_an_audience_sent_by_two_connectors_is_listed_under_both(
     http.post("/mparticle", json=membership(app_key, profile("2")))
 
     listed = segment_stub.ListSegments(segment_pb2.ListSegmentsRequest(account_id="acme"))
-    assert [(c.connector.name, [(s.audience_id, s.member_count) for s in c.segments])
-            for c in listed.connectors] == [("App", [(5, 2)]), ("Web", [(5, 2)])]  # fmt: skip
+    assert [
+        (c.connector.name, [(s.audience_id, s.member_count) for s in c.segments])
+        for c in listed.connectors
+    ] == [("App", [(5, 2)]), ("Web", [(5, 2)])]
 
 
 def test_a_legacy_profile_beside_current_ones_is_skipped(

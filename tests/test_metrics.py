@@ -1,5 +1,6 @@
 """Prometheus metrics, scraped over HTTP after real traffic through the stack."""
 
+from functools import partial
 from typing import Any
 
 import httpx
@@ -50,32 +51,29 @@ def test_counters_move_by_the_traffic(stack: Stack, http: httpx.Client, tenant: 
     ]
     http.post("/mparticle", json=leave)
 
-    after = scrape(gateway_url)
-    after_audience = scrape(service_metrics_url(stack, "audience"))
-    after_keys = scrape(service_metrics_url(stack, "keys"))
-    membership = "audience_membership_change_request"
-    assert delta(before, after, "gateway_requests_total", route="/mparticle",
-                 message_type=membership, status="200") == 4  # fmt: skip
-    assert delta(before, after, "gateway_request_duration_seconds_count", route="/mparticle",
-                 message_type=membership) == 4  # fmt: skip
-    assert delta(before, after, "gateway_keys_rejected_total", message_type=membership) == 1
-    assert delta(before, after, "gateway_skipped_total", kind="profile") == 2
-    assert delta(before, after, "gateway_skipped_total", kind="entry") == 1
-    assert delta(before, after, "gateway_membership_changes_total", action="add") == 3 + 2
-    assert delta(before, after, "gateway_membership_changes_total", action="delete") == 3 + 1 + 1
-    assert delta(before_audience, after_audience, "audience_memberships_added_total",
-                 account="acme") == 3 + 2  # fmt: skip
-    assert delta(before_audience, after_audience, "audience_memberships_removed_total",
-                 account="acme") == 1  # fmt: skip
-    assert delta(before_audience, after_audience, "grpc_server_handled_total",
-                 grpc_service="audience.v1.AudienceService",
-                 grpc_method="ApplyMembershipChanges", grpc_code="OK") == 3  # fmt: skip
+    gateway = partial(delta, before, scrape(gateway_url))
+    audience = partial(delta, before_audience, scrape(service_metrics_url(stack, "audience")))
+    keys = partial(delta, before_keys, scrape(service_metrics_url(stack, "keys")))
+    mparticle = {"route": "/mparticle", "message_type": "audience_membership_change_request"}
+    assert gateway("gateway_requests_total", **mparticle, status="200") == 4
+    assert gateway("gateway_request_duration_seconds_count", **mparticle) == 4
+    assert gateway("gateway_keys_rejected_total", message_type=mparticle["message_type"]) == 1
+    assert gateway("gateway_skipped_total", kind="profile") == 2
+    assert gateway("gateway_skipped_total", kind="entry") == 1
+    assert gateway("gateway_membership_changes_total", action="add") == 3 + 2
+    assert gateway("gateway_membership_changes_total", action="delete") == 3 + 1 + 1
+    assert audience("audience_memberships_added_total", account="acme") == 3 + 2
+    assert audience("audience_memberships_removed_total", account="acme") == 1
+    applied = {
+        "grpc_service": "audience.v1.AudienceService",
+        "grpc_method": "ApplyMembershipChanges",
+    }
+    assert audience("grpc_server_handled_total", **applied, grpc_code="OK") == 3
     # Later requests reuse the first one's validation (GATEWAY_KEY_CACHE_SECONDS).
-    assert delta(before_keys, after_keys, "keys_validations_total", outcome="valid") == 1
-    assert delta(before_keys, after_keys, "keys_validations_total", outcome="rejected") == 1
-    assert delta(before_keys, after_keys, "grpc_server_handled_total",
-                 grpc_service="keys.v1.KeyService", grpc_method="ValidateKey",
-                 grpc_code="UNAUTHENTICATED") == 1  # fmt: skip
+    assert keys("keys_validations_total", outcome="valid") == 1
+    assert keys("keys_validations_total", outcome="rejected") == 1
+    validated = {"grpc_service": "keys.v1.KeyService", "grpc_method": "ValidateKey"}
+    assert keys("grpc_server_handled_total", **validated, grpc_code="UNAUTHENTICATED") == 1
 
 
 def test_unknown_message_types_do_not_become_labels(stack: Stack, http: httpx.Client) -> None:

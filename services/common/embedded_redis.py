@@ -173,14 +173,8 @@ class EmbeddedRedis:
         self.stop()
 
     def _command(self, port: int) -> list[str]:
-        command = [
-            self.binary,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--protected-mode", "yes",
-            "--save", "",
-            "--loglevel", "warning",
-        ]  # fmt: skip
+        options = f"--port {port} --bind 127.0.0.1 --protected-mode yes --loglevel warning"
+        command = [self.binary, *options.split(), "--save", ""]
         if self.data_dir is None:
             command += ["--appendonly", "no", "--logfile", ""]
         else:

@@ -11,9 +11,7 @@ from prometheus_client import Counter, Histogram
 
 # Latency buckets, in seconds, from 0.5 ms to 5 s: lookups sit at the low end, large
 # membership batches toward the top.
-LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-)  # fmt: skip
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 RPCS_HANDLED = Counter(
     "grpc_server_handled_total",
