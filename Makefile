@@ -16,7 +16,7 @@ help:
 	@echo "                  the Kubernetes schemas, and check that they agree with the code"
 	@echo "make bench        measure the suite against raw Redis and raw gRPC (a few minutes)"
 	@echo "make install      create .venv and install the project (make run and make test do it)"
-	@echo "make lint         ruff check and format check"
+	@echo "make lint         ruff check and format check, mypy"
 	@echo "make format       ruff fix and format"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -44,6 +44,7 @@ proto-check: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy
 
 format: install
 	$(VENV)/bin/ruff check --fix .
@@ -62,4 +63,4 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache var
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache var

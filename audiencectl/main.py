@@ -43,8 +43,8 @@ class Context:
             try:
                 return getattr(stub, method)(request, timeout=self.timeout)
             except grpc.RpcError as error:
-                code = error.code()  # type: ignore[attr-defined]
-                details = error.details()  # type: ignore[attr-defined]
+                code = error.code()
+                details = error.details()
                 raise click.ClickException(
                     f"{service} ({self.targets[service]}): {code.name}: {details}"
                 ) from None

@@ -304,12 +304,18 @@ def _ordering_memory(
     tag = "{" + ACCOUNT + "}"
     sample = users[:200]
     with_times = without_times = 0
+
+    def usage(key: str) -> int:
+        used = client.memory_usage(key, samples=0)
+        assert used is not None, key
+        return int(used)
+
     for mpid in sample:
         key = f"au:usr:{tag}:{mpid}"
         fields = client.hkeys(key)
         client.hset("bench:bare", mapping=dict.fromkeys(fields, ""))
-        with_times += client.memory_usage(key, samples=0)
-        without_times += client.memory_usage("bench:bare", samples=0)
+        with_times += usage(key)
+        without_times += usage("bench:bare")
         client.delete("bench:bare")
     stamp = (with_times - without_times) / (len(sample) * len(LOOKUP_AUDIENCES))
 

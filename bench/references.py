@@ -6,7 +6,9 @@ import io
 import multiprocessing
 import shlex
 import subprocess
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,7 +39,7 @@ def start_trivial_server(port: int) -> BaseProcess:
     return process
 
 
-def trivial_calls(channel: grpc.aio.Channel):  # type: ignore[no-untyped-def]
+def trivial_calls(channel: grpc.aio.Channel) -> Callable[[int], tuple[Any, Any]]:
     stub = health_pb2_grpc.HealthStub(channel)
     request = health_pb2.HealthCheckRequest()
     return lambda n: (stub.Check, request)

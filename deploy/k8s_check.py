@@ -144,9 +144,9 @@ def port_problems(objects: Objects) -> Iterator[str]:
             yield f"{container.where}: container port {port} is not a port the server binds"
 
         for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
-            port = _probe_port(container, container.spec.get(probe_name))
-            if port is not None and port not in bound:
-                yield f"{container.where}: {probe_name} uses port {port}, which nothing binds"
+            probed = _probe_port(container, container.spec.get(probe_name))
+            if probed is not None and probed not in bound:
+                yield f"{container.where}: {probe_name} uses port {probed}, which nothing binds"
 
     for service in _of_kind(objects, "Service"):
         selected = [c for c in _containers(objects) if _selects(service["spec"], c.labels)]

@@ -146,7 +146,7 @@ class Suite:
 
 def _service_settings(env: dict[str, str]) -> dict[str, Any]:
     """The settings each service will read from ``env``; raises SettingsError."""
-    classes = {
+    classes: dict[str, type[BaseServiceSettings]] = {
         "keys": KeysSettings,
         "audience": AudienceSettings,
         "segment": SegmentSettings,

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis
 import uvicorn
+from pydantic import SecretStr
 
 from protos.audience.v1 import audience_pb2_grpc
 from protos.keys.v1 import keys_pb2, keys_pb2_grpc
@@ -80,7 +81,7 @@ class Stack:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     async def _start(self) -> None:
-        common = {
+        common: dict[str, Any] = {
             "redis_url": self.redis_url,
             "port": 0,
             "metrics_port": 0,
@@ -107,7 +108,7 @@ class Stack:
             port=0,
             keys_target=self.target("keys"),
             audience_target=self.target("audience"),
-            mparticle_token=MPARTICLE_TOKEN,
+            mparticle_token=SecretStr(MPARTICLE_TOKEN),
             **overrides,
         )
         gateway = create_gateway_server(settings)

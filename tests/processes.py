@@ -140,7 +140,7 @@ class ProcessSuite:
         """Stop every process (SIGTERM, then SIGKILL after 15 s); returns exit codes."""
         for channel in self._channels:
             channel.close()
-        codes = {}
+        codes: dict[str, int | None] = {}
         for name in reversed(SERVICES):
             process = self.processes.get(name)
             if process is None:

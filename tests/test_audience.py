@@ -2,7 +2,8 @@
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -44,8 +45,8 @@ def unsubscribe(stub: Any, audience_id: int, account: str = "acme") -> None:
 def change(
     stub: Any,
     audience_id: int,
-    add: list[int] = (),
-    delete: list[int] = (),
+    add: Sequence[int] = (),
+    delete: Sequence[int] = (),
     account: str = "acme",
 ) -> Any:
     return stub.ApplyMembershipChanges(
@@ -260,7 +261,7 @@ def test_every_key_of_an_account_lives_in_one_cluster_slot(
         change(audience_stub, 7, delete=[1], account=account)
         unsubscribe(audience_stub, 8, account=account)
 
-    for name in redis_client.keys("*"):
+    for name in cast(list[bytes], redis_client.keys("*")):
         if name in (b"au:gc-accounts", b"au:gone-accounts"):
             continue
         tag = name[name.index(b"{") + 1 : name.index(b"}")]

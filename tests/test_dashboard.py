@@ -14,7 +14,7 @@ DASHBOARD = REPO / "deploy" / "grafana" / "mparticle-audiences.json"
 
 
 def exported_names() -> set[str]:
-    names = set()
+    names: set[str] = set()
     for metric in prometheus_client.REGISTRY.collect():
         names.update(sample.name for sample in metric.samples)
         names.add(metric.name + "_total")

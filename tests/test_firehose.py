@@ -88,6 +88,6 @@ def test_a_well_formed_batch_takes_the_fast_path() -> None:
 
     fast = firehose._read_membership_fast(body)
 
-    assert fast is not None
+    assert fast is not None and fast.batch is not None
     assert fast.batch.latest == {1: {-(2**63): True, 7: False}}
     assert summary(fast.envelope, fast.membership, fast.batch) == lenient(body)

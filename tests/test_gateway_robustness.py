@@ -350,8 +350,8 @@ def test_a_non_ascii_request_id_is_replaced_not_an_error(
         "/mparticle",
         content=content,
         headers=[
-            ("Content-Type", "application/json"),
-            ("X-Request-Id", "\xe9t\xe9".encode("latin-1")),
+            (b"Content-Type", b"application/json"),
+            (b"X-Request-Id", "\xe9t\xe9".encode("latin-1")),
         ],
     )
 

@@ -1,6 +1,6 @@
 """The keys service over real gRPC, on a real Redis."""
 
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -41,7 +41,7 @@ def test_only_a_hash_is_stored(keys_stub: Any, redis_client: redis.Redis) -> Non
     secret = created.plaintext[len(created.key.prefix) + 1 :]
 
     stored = b"".join(
-        b"".join(k + v for k, v in redis_client.hgetall(name).items())
+        b"".join(k + v for k, v in cast(dict[bytes, bytes], redis_client.hgetall(name)).items())
         for name in redis_client.keys("ks:key:*")
     )
 

@@ -9,6 +9,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,7 +37,7 @@ def suite_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
+def wait_ready(url: str, process: subprocess.Popen[Any], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read() if process.stdout else ""

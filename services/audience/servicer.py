@@ -7,8 +7,10 @@ from services.audience.store import (
     AudienceRecord,
     AudienceStore,
     BadPageToken,
+    Changes,
     now_ms,
 )
+from services.common.rpc import abort
 from services.common.validation import require_audience_id, require_id
 
 MAX_NAME_LENGTH = 1024
@@ -52,9 +54,10 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
             _Action.SUBSCRIPTION_ACTION_ADD,
             _Action.SUBSCRIPTION_ACTION_UPDATE,
         ):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "action must be set")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "action must be set")
         if not 0 < len(request.audience_name) <= MAX_NAME_LENGTH:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"audience_name must be 1 to {MAX_NAME_LENGTH} characters",
             )
@@ -80,13 +83,13 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
         await require_id(context, "account_id", request.account_id)
         await require_id(context, "connector_id", request.connector_id)
 
-        changes = []
-        seen_audiences = set()
+        changes: Changes = []
+        seen_audiences: set[int] = set()
         for entry in request.audiences:
             await require_audience_id(context, entry.audience_id)
             problem = _entry_problem(entry, seen_audiences)
             if problem:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
             seen_audiences.add(entry.audience_id)
             changes.append(
                 (entry.audience_id, entry.audience_name, entry.add_mpids, entry.delete_mpids)
@@ -135,7 +138,7 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
 
         record = await self._store.get(request.account_id, request.audience_id)
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such audience")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such audience")
         return audience_pb2.CountMembersResponse(member_count=record.member_count)
 
     async def ListMembers(
@@ -144,8 +147,8 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
         await require_id(context, "account_id", request.account_id)
         await require_audience_id(context, request.audience_id)
         if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 0 to {MAX_PAGE_SIZE}"
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 0 to {MAX_PAGE_SIZE}"
             )
 
         try:
@@ -156,9 +159,9 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
                 request.page_token,
             )
         except BadPageToken as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if page is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such audience")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such audience")
 
         return audience_pb2.ListMembersResponse(
             mpids=page.mpids, next_page_token=page.next_page_token
@@ -177,7 +180,7 @@ async def _source_time(context: grpc.aio.ServicerContext, timestamp_ms: int) -> 
     """The change's source time; one further ahead of our clock than MAX_CLOCK_SKEW_MS is
     taken as "now", so that a sender's fast clock cannot make its changes win for ever."""
     if timestamp_ms < 0:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "timestamp_ms must not be negative")
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "timestamp_ms must not be negative")
     now = now_ms()
     if not timestamp_ms or timestamp_ms > now + MAX_CLOCK_SKEW_MS:
         return now

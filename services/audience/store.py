@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import cast
 
 import orjson
 import redis.asyncio
@@ -231,7 +232,8 @@ class AudienceStore:
         return bool(found)
 
     async def get(self, account_id: str, audience_id: int) -> AudienceRecord | None:
-        fields = await self._redis.hgetall(f"au:meta:{_tag(account_id)}:{audience_id}")
+        name = f"au:meta:{_tag(account_id)}:{audience_id}"
+        fields = cast(dict[bytes, bytes], await self._redis.hgetall(name))
         return _record(audience_id, fields) if fields else None
 
     async def list(self, account_id: str) -> list[AudienceRecord]:
@@ -249,11 +251,11 @@ class AudienceStore:
     ) -> MemberPage | None:
         """One page of an audience's members; None when the audience is unknown."""
         tag = _tag(account_id)
-        iid = await self._redis.hget(f"au:idx:{tag}", audience_id)
-        if iid is None:
+        found = cast(bytes | None, await self._redis.hget(f"au:idx:{tag}", audience_id))
+        if found is None:
             return None
 
-        iid = iid.decode()
+        iid = found.decode()
         bucket, after = _decode_token(page_token, iid)
         mpids: list[int] = []
         while bucket < BUCKETS:
@@ -282,7 +284,7 @@ class AudienceStore:
     async def cleanup(self, *, member_budget: int = 500, bucket_budget: int = 256) -> int:
         """Do one bounded step of freeing removed audiences; returns steps still pending
         for the account it worked on (0 when there was nothing to do)."""
-        account = await self._redis.srandmember(CLEANUP_ACCOUNTS)
+        account = cast(bytes | None, await self._redis.srandmember(CLEANUP_ACCOUNTS))
         if account is None:
             return 0
 
@@ -305,7 +307,8 @@ class AudienceStore:
         pairs still wait in them."""
         pending = 0
         oldest_read = (self._clock() - CLOCK_MARGIN_MS) // self._window_ms - 1
-        for account in await self._redis.srandmember(TOMBSTONE_ACCOUNTS, accounts):
+        listed_accounts = await self._redis.srandmember(TOMBSTONE_ACCOUNTS, accounts)
+        for account in cast(list[bytes], listed_accounts):
             account_id = account.decode()
             tag = _tag(account_id)
             waiting, listed = await self._tombstone_cleanup(

@@ -9,7 +9,7 @@ T = TypeVar("T")
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -10,9 +10,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -54,7 +54,7 @@ class GrpcServer:
         readiness: ReadinessCheck,
         readiness_interval_seconds: float = 1.0,
         metrics_port: int | None = None,
-        background: Sequence[Callable[[], Awaitable[None]]] = (),
+        background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         """Build (not start) a server for ``bindings`` on ``address`` ("host:port").

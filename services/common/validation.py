@@ -4,6 +4,8 @@ import re
 
 import grpc
 
+from services.common.rpc import abort
+
 # Account and connector ids: 1 to 64 characters of [A-Za-z0-9._-]. They appear inside Redis
 # key names, so they can never contain a hash-tag brace or a separator of their own.
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -20,7 +22,8 @@ def is_valid_id(value: str) -> bool:
 async def require_id(context: grpc.aio.ServicerContext, field: str, value: str) -> None:
     """Abort with INVALID_ARGUMENT unless ``value`` is a well-formed account or connector id."""
     if not is_valid_id(value):
-        await context.abort(
+        await abort(
+            context,
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{field} must be 1 to 64 characters of [A-Za-z0-9._-]",
         )
@@ -28,6 +31,6 @@ async def require_id(context: grpc.aio.ServicerContext, field: str, value: str) 
 
 async def require_audience_id(context: grpc.aio.ServicerContext, value: int) -> None:
     if not 1 <= value <= AUDIENCE_ID_MAX:
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, f"audience_id must be 1 to {AUDIENCE_ID_MAX}"
+        await abort(
+            context, grpc.StatusCode.INVALID_ARGUMENT, f"audience_id must be 1 to {AUDIENCE_ID_MAX}"
         )

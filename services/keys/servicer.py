@@ -3,6 +3,7 @@ from prometheus_client import Counter
 
 from protos.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.common import logs
+from services.common.rpc import abort
 from services.common.validation import require_id
 from services.keys.store import KeyRecord, KeyStore
 
@@ -30,7 +31,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         record = await self._store.authenticate(request.plaintext)
         if record is None:
             KEY_VALIDATIONS.labels("rejected").inc()
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
+            await abort(context, grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
 
         KEY_VALIDATIONS.labels("valid").inc()
         logs.account.set(record.account_id)
@@ -45,7 +46,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
         record = await self._store.revoke(request.account_id, request.key_id)
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "the account has no such key")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "the account has no such key")
         return keys_pb2.RevokeKeyResponse(key=_to_proto(record))
 
     async def ListKeys(

@@ -11,6 +11,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio
 
@@ -84,7 +85,7 @@ class KeyStore:
             return None
 
         key_id, secret = match.groups()
-        fields = await self._redis.hgetall(_key_name(key_id))
+        fields = await self._fields(_key_name(key_id))
         digest = fields.get(b"digest", b"").decode()
         if not hmac.compare_digest(digest, self._digest(secret)):
             return None
@@ -101,7 +102,7 @@ class KeyStore:
     async def revoke(self, account_id: str, key_id: str) -> KeyRecord | None:
         """Revoke an account's key; None when the account has no such key."""
         name = _key_name(key_id)
-        fields = await self._redis.hgetall(name)
+        fields = await self._fields(name)
         if fields.get(b"account", b"").decode() != account_id:
             return None
 
@@ -110,18 +111,20 @@ class KeyStore:
             return record
 
         await self._redis.hset(name, "revoked", _now_ms())
-        return _record(key_id, await self._redis.hgetall(name))
+        return _record(key_id, await self._fields(name))
 
     async def list(self, account_id: str) -> list[KeyRecord]:
         """An account's keys, newest first."""
-        key_ids = [
-            k.decode() for k in await self._redis.zrevrange(_account_name(account_id), 0, -1)
-        ]
+        listed = cast(list[bytes], await self._redis.zrevrange(_account_name(account_id), 0, -1))
+        key_ids = [k.decode() for k in listed]
         async with self._redis.pipeline(transaction=False) as pipe:
             for key_id in key_ids:
                 pipe.hgetall(_key_name(key_id))
             rows = await pipe.execute()
         return [_record(k, fields) for k, fields in zip(key_ids, rows, strict=True) if fields]
+
+    async def _fields(self, name: str) -> dict[bytes, bytes]:
+        return cast(dict[bytes, bytes], await self._redis.hgetall(name))
 
     def _digest(self, secret: str) -> str:
         return hmac.new(self._hash_secret, secret.encode(), hashlib.sha256).hexdigest()

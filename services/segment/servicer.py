@@ -5,6 +5,7 @@ import grpc
 
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from protos.segment.v1 import segment_pb2, segment_pb2_grpc
+from services.common.rpc import abort
 from services.common.validation import require_id
 from services.segment.store import ConnectorRecord, ConnectorStore, NameTaken
 
@@ -30,15 +31,17 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
         await require_id(context, "account_id", request.account_id)
         name = request.name.strip()
         if not 0 < len(name) <= MAX_NAME_LENGTH:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"name must be 1 to {MAX_NAME_LENGTH} characters"
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"name must be 1 to {MAX_NAME_LENGTH} characters",
             )
 
         try:
             record = await self._store.create(request.account_id, name)
         except NameTaken:
-            await context.abort(
-                grpc.StatusCode.ALREADY_EXISTS, "the account has a connector of that name"
+            await abort(
+                context, grpc.StatusCode.ALREADY_EXISTS, "the account has a connector of that name"
             )
         return segment_pb2.CreateConnectorResponse(connector=_to_proto(record))
 
@@ -57,7 +60,7 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
 
         record = await self._store.get(request.account_id, request.connector_id)
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "the account has no such connector")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "the account has no such connector")
         return segment_pb2.GetConnectorResponse(connector=_to_proto(record))
 
     async def DeleteConnector(
@@ -66,7 +69,7 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
         await require_id(context, "account_id", request.account_id)
 
         if not await self._store.delete(request.account_id, request.connector_id):
-            await context.abort(grpc.StatusCode.NOT_FOUND, "the account has no such connector")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "the account has no such connector")
         return segment_pb2.DeleteConnectorResponse()
 
     async def ListSegments(
@@ -82,7 +85,7 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
             )
         except grpc.aio.AioRpcError as exc:
             _LOGGER.warning("audience service call failed", extra={"code": exc.code().name})
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "audience service unavailable")
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "audience service unavailable")
 
         by_connector: dict[str, list[segment_pb2.Segment]] = defaultdict(list)
         for audience in listing.audiences:
@@ -96,14 +99,13 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
             )
             for connector_id in audience.connector_ids:
                 by_connector[connector_id].append(segment)
+        for segments in by_connector.values():
+            segments.sort(key=lambda s: (s.name, s.audience_id))
 
         return segment_pb2.ListSegmentsResponse(
             connectors=[
                 segment_pb2.ConnectorSegments(
-                    connector=_to_proto(c),
-                    segments=sorted(
-                        by_connector[c.connector_id], key=lambda s: (s.name, s.audience_id)
-                    ),
+                    connector=_to_proto(c), segments=by_connector[c.connector_id]
                 )
                 for c in connectors
             ]

@@ -8,6 +8,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import cast
 
 import orjson
 import redis.asyncio
@@ -57,12 +58,12 @@ class ConnectorStore:
         return record
 
     async def get(self, account_id: str, connector_id: str) -> ConnectorRecord | None:
-        raw = await self._redis.hget(_keys(account_id)[0], connector_id)
+        raw = cast(bytes | None, await self._redis.hget(_keys(account_id)[0], connector_id))
         return _record(account_id, connector_id, raw) if raw else None
 
     async def list(self, account_id: str) -> list[ConnectorRecord]:
         """An account's connectors, ordered by name."""
-        rows = await self._redis.hgetall(_keys(account_id)[0])
+        rows = cast(dict[bytes, bytes], await self._redis.hgetall(_keys(account_id)[0]))
         records = [_record(account_id, k.decode(), v) for k, v in rows.items()]
         return sorted(records, key=lambda r: (r.name.casefold(), r.name, r.connector_id))
 
