@@ -75,6 +75,34 @@ def test_a_batch_of_50k_profiles_is_stored(
     assert audiences(audience_stub)[5].member_count == 50_000
 
 
+def test_a_batch_of_40k_new_audiences_is_stored_on_first_delivery(
+    stack: Stack, tenant: Tenant, audience_stub: Any
+) -> None:
+    # Each new audience costs the store several times what a change does (its record, its
+    # ids): the deadline allows for both, so that such a batch is not answered 503 until
+    # retried. A short base budget leaves only the allowance.
+    url = stack.start_gateway(request_timeout_seconds=0.05)
+    profiles = [
+        {
+            "mpid": str(50_000_000 + i),
+            "audiences": [{"audience_id": 6_000_000 + i, "action": "add"}],
+        }
+        for i in range(40_000)
+    ]
+
+    response = httpx.post(
+        f"{url}/mparticle",
+        json=membership(tenant.api_key, *profiles),
+        headers={"Authorization": f"Token {MPARTICLE_TOKEN}"},
+        timeout=60,
+    )
+
+    assert response.status_code == 200, response.text
+    listed = audiences(audience_stub)
+    assert len(listed) == 40_000
+    assert {a.member_count for a in listed.values()} == {1}
+
+
 @pytest.fixture
 def guarded_gateway(stack: Stack) -> str:
     return stack.start_gateway(max_in_flight=4, body_timeout_seconds=0.5)
