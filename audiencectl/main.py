@@ -34,7 +34,9 @@ class Context:
             "audience": audience_pb2_grpc.AudienceServiceStub,
             "segment": segment_pb2_grpc.SegmentServiceStub,
         }[service]
-        with grpc.insecure_channel(self.targets[service]) as channel:
+        # Answers as large as the services send each other (an account's whole audience list).
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        with grpc.insecure_channel(self.targets[service], options=options) as channel:
             yield stub_class(channel)
 
     def call(self, service: str, method: str, request: Message) -> Any:

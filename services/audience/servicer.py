@@ -172,6 +172,9 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
     ) -> audience_pb2.ListAudiencesResponse:
         await require_id(context, "account_id", request.account_id)
 
+        # TODO(#2): one answer holds all the account's audiences. Past about 100,000 (each
+        # membership change can name new ones), it takes longer than the segment service's
+        # deadline, so the segment list fails with UNAVAILABLE: page it.
         records = await self._store.list(request.account_id)
         return audience_pb2.ListAudiencesResponse(audiences=[_to_proto(r) for r in records])
 
