@@ -283,8 +283,10 @@ def test_a_bad_byte_in_a_field_nobody_reads_is_still_400(
     assert members(audience_stub) == set()
 
 
-def test_pre_2018_shape_is_a_clear_400(http: httpx.Client, tenant: Tenant) -> None:
-    legacy = {"mpid": "41", "added_audiences": [{"audience_id": 5, "audience_name": "Five"}]}
+@pytest.mark.parametrize("audiences", [{}, {"audiences": None}], ids=["absent", "null"])
+def test_pre_2018_shape_is_a_clear_400(http: httpx.Client, tenant: Tenant, audiences: dict) -> None:
+    added = [{"audience_id": 5, "audience_name": "Five"}]
+    legacy = {"mpid": "41", **audiences, "added_audiences": added}
 
     response = http.post("/mparticle", json=membership(tenant, legacy))
 

@@ -412,11 +412,11 @@ _SKIPPED = object()
 
 
 def _is_legacy(profile: Any) -> bool:
-    """A profile in the pre-2.0 shape: legacy lists and no ``audiences`` (beside which the
-    legacy keys are unknown fields, and ignored)."""
+    """A profile in the pre-2.0 shape: legacy lists, and ``audiences`` absent or null
+    (beside a list of audiences, the legacy keys are unknown fields, and ignored)."""
     return (
         isinstance(profile, dict)
-        and "audiences" not in profile
+        and profile.get("audiences") is None
         and ("added_audiences" in profile or "removed_audiences" in profile)
     )
 
