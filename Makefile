@@ -18,6 +18,7 @@ help:
 	@echo "make install      create .venv and install the project (make run and make test do it)"
 	@echo "make lint         ruff check and format check, mypy"
 	@echo "make format       ruff fix and format"
+	@echo "make clean        remove .venv, the caches and var/ (the embedded Redis's data)"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
