@@ -16,6 +16,7 @@ import grpc
 
 from services.common import logs, metrics
 from services.common.redis import TRANSIENT_ERRORS
+from services.common.rpc import abort
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,11 +81,11 @@ def _wrap(method: str, behavior: Behavior) -> Behavior:
             code = grpc.StatusCode.UNAVAILABLE
             metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
             _LOGGER.warning("storage unavailable", extra={"error": type(exc).__name__})
-            await context.abort(code, "storage unavailable, retry later")
+            await abort(context, code, "storage unavailable, retry later")
         except Exception:
             code = grpc.StatusCode.INTERNAL
             _LOGGER.exception("unexpected error")
-            await context.abort(code, "internal error")
+            await abort(context, code, "internal error")
         finally:
             elapsed = time.perf_counter() - started
             counter = handled.get(code)
