@@ -15,7 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from services.audience.server import create_server
 from services.audience.settings import AudienceSettings
-from services.audience.store import CLOCK_MARGIN_MS, TOMBSTONE_ACCOUNTS, AudienceStore
+from services.audience.store import (
+    CLOCK_MARGIN_MS,
+    TOMBSTONE_ACCOUNTS,
+    TOMBSTONE_HASHES,
+    AudienceStore,
+)
 from services.common.embedded_redis import free_port
 
 ADD = audience_pb2.SUBSCRIPTION_ACTION_ADD
@@ -247,6 +252,25 @@ def test_readding_during_cleanup_keeps_the_new_memberships(
     assert len(redis_client.keys("au:usr:*")) == 3
 
 
+def test_members_and_tombstones_land_in_the_bucket_of_their_last_12_characters(
+    audience_stub: Any, redis_client: redis.Redis
+) -> None:
+    """The layout stored data already has: computing buckets elsewhere must not move it."""
+    mpids = [-(2**63), 2**63 - 1, -5, -1, 0, 4096, -(10**11) + 1, -(10**11), 10**12 + 7]
+    subscribe(audience_stub, 7)
+    change(audience_stub, 7, add=mpids)
+    change(audience_stub, 7, delete=[2**63 - 1, -5])
+
+    iid = cast(bytes, redis_client.hget("au:idx:{acme}", 7)).decode()
+    for mpid in mpids:
+        bucket = int(str(mpid)[-12:]) % 4096
+        member = redis_client.sismember(f"au:mem:{{acme}}:{iid}:{bucket}", mpid)
+        assert member == (mpid not in (2**63 - 1, -5)), mpid
+    tombstones = [name.decode() for name in redis_client.keys("au:gone:*")]
+    buckets = sorted(int(name.rsplit(":", 1)[1]) for name in tombstones)
+    assert buckets == sorted([int(str(2**63 - 1)[-12:]) % 4096, 4091])
+
+
 def test_remove_of_an_unknown_audience_succeeds(audience_stub: Any) -> None:
     unsubscribe(audience_stub, 12345)
 
@@ -341,7 +365,8 @@ def test_tombstones_are_freed_in_bounded_steps_once_no_change_reads_them(
         assert written == 2
         assert older_add.stale == 1
         assert waiting == 0 and kept == 2
-        assert steps == 3  # 1,024 hashes, 256 a step: three steps report work still waiting
+        # One hash a bucket, 256 a step: all steps but the last report work still waiting.
+        assert steps == TOMBSTONE_HASHES // 256 - 1
         assert freed == 0 and accounts == set()
 
     asyncio.run(scenario())

@@ -15,8 +15,9 @@ of the others, all in that slot.
   au:mem:{A}:<iid>:<b>     set    MPIDs of one bucket (0-4095) of an audience's members
   au:usr:{A}:<mpid>        hash   incarnation id of each audience the MPID is in -> source
                                   time (ms) of the change that added it
-  au:gone:{A}:<iid>:<g>:<n> hash  MPID -> source time (ms) of its removal from the audience,
-                                  for removals applied in ordering generation g; n is 0-1023
+  au:gone:{A}:<iid>:<g>:<b> hash  MPID -> source time (ms) of its removal from the audience,
+                                  for removals applied in ordering generation g; b is the
+                                  MPID's bucket
   au:gone-gens:{A}         set    "<iid>:<g>" for each incarnation and generation that has
                                   tombstones
   au:gone-pos:{A}          hash   "<iid>:<g>" -> next tombstone hash to free
@@ -32,7 +33,10 @@ member sets are freed in bounded steps; an audience re-added meanwhile gets a ne
 incarnation and cannot be touched by that cleanup.
 
 Member sets are split in 4096 buckets so that each stays small enough for Redis's intset
-encoding (8 bytes an MPID) up to a few million members.
+encoding (8 bytes an MPID) up to a few million members. An MPID's bucket is the last 12
+digits of its decimal string, sign included when there are fewer, modulo 4096
+(``_bucket``); it is computed here and sent beside the MPID, as Lua's number conversions
+cost Redis more than the commands they serve.
 
 Ordering: a change carries its source time (mParticle's timestamp_ms). A change older than
 the last change applied to the same membership is ignored. For a membership that exists,
@@ -62,9 +66,10 @@ MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 APPLY_STEP = 500
 CLEANUP_ACCOUNTS = "au:gc-accounts"
 TOMBSTONE_ACCOUNTS = "au:gone-accounts"
-# Tombstones of one audience and generation are spread over this many hashes, so that each
-# stays short: a small hash is a list that HGET scans, and most lookups are misses.
-TOMBSTONE_HASHES = 1024
+# Tombstones of one audience and generation are spread over this many hashes, one per
+# bucket, so that each stays short: a small hash is a list that HGET scans, and most
+# lookups are misses.
+TOMBSTONE_HASHES = BUCKETS
 # A generation's tombstones are kept this long past the end of the next generation, for
 # servers whose clocks differ by as much.
 CLOCK_MARGIN_MS = 60 * 1000
@@ -203,10 +208,9 @@ class AudienceStore:
                 # Tombstones written before this generation began carry source times no
                 # later than its start plus the clock skew the service accepts.
                 generation * self._window_ms + MAX_CLOCK_SKEW_MS,
-                TOMBSTONE_HASHES,
             ]
             for audience_id, name, adds, deletes in step:
-                args += (audience_id, name, " ".join(map(str, adds)), " ".join(map(str, deletes)))
+                args += (audience_id, name, _with_buckets(adds), _with_buckets(deletes))
 
             counts = await self._apply(keys=[f"au:idx:{tag}"], args=args)
             added, removed, stale = added + counts[0], removed + counts[1], stale + counts[2]
@@ -325,6 +329,21 @@ class AudienceStore:
 
 
 Changes = list[tuple[int, str, Sequence[int], Sequence[int]]]
+
+
+def _bucket(mpid: int) -> int:
+    """The bucket of an MPID: the last 12 characters of its decimal string, read as a
+    number, modulo 4096 (so "-5" is bucket 4091), computed without the string."""
+    last_12 = mpid if -(10**11) < mpid < 10**12 else abs(mpid) % 10**12
+    return last_12 % BUCKETS
+
+
+def _with_buckets(mpids: Sequence[int]) -> str:
+    """The words apply_changes.lua reads: each MPID followed by its bucket."""
+    words = []
+    for mpid in mpids:
+        words += (str(mpid), str(_bucket(mpid)))
+    return " ".join(words)
 
 
 def _steps(changes: Changes, size: int) -> Iterator[Changes]:

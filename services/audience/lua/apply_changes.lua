@@ -3,15 +3,15 @@
 -- KEYS[1]  au:idx:{A}   (names the account's hash slot; every key touched carries {A})
 -- ARGV     tag ("{A}"), now (ms), connector id, audience count, the changes' source time
 --          (ms, > 0), the current ordering generation, the newest source time a tombstone
---          of the previous generation can have (ms), the number of tombstone hashes per
---          audience and generation, then for each audience: audience id, name (used if the
---          audience is new), MPIDs added, MPIDs deleted, the MPIDs being canonical decimal
---          strings separated by spaces.
+--          of the previous generation can have (ms), then for each audience: audience id,
+--          name (used if the audience is new), MPIDs added, MPIDs deleted, each list being
+--          words separated by spaces, two for each MPID: its canonical decimal string and
+--          its bucket (0-4095, see store.py), so that no number is converted here.
 -- Returns  {memberships added, removed, changes ignored as stale, 1 if it wrote tombstones}
 --
 -- Ordering: a member's field in its user hash holds the source time of the change that
 -- made it a member; a deletion leaves a tombstone (MPID -> source time) in a hash of the
--- current generation, au:gone:{A}:<iid>:<generation>:<0-1023>; au:gone-gens:{A} lists the
+-- current generation, au:gone:{A}:<iid>:<generation>:<bucket>; au:gone-gens:{A} lists the
 -- (incarnation, generation) pairs that have tombstones, which the cleanup loop frees once
 -- two generations old (tombstone_cleanup.lua), so that no write pays for an expiry. A
 -- change older than the stamp or tombstone it finds is ignored. While a step is at least as
@@ -22,7 +22,6 @@ local count, source_time = tonumber(ARGV[4]), ARGV[5]
 local time_value, generation = tonumber(ARGV[5]), tonumber(ARGV[6])
 local check_previous = time_value <= tonumber(ARGV[7])
 local idx = KEYS[1]
-local TOMBSTONE_HASHES = tonumber(ARGV[8])
 local users = 'au:usr:' .. tag .. ':'
 local removals = 'au:removed:' .. tag
 local generations = 'au:gone-gens:' .. tag
@@ -33,7 +32,7 @@ local function words(text)
   for _ in string.gmatch(text, '%S+') do
     n = n + 1
   end
-  return n
+  return n / 2
 end
 
 local function ensure_audience(audience, name, meta)
@@ -58,7 +57,7 @@ local function ensure_audience(audience, name, meta)
 end
 
 for a = 0, count - 1 do
-  local base = 9 + 4 * a
+  local base = 8 + 4 * a
   local audience, name, adds, deletes = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
   local meta = 'au:meta:' .. tag .. ':' .. audience
 
@@ -84,14 +83,13 @@ for a = 0, count - 1 do
     local wrote_tombstones = false
 
     -- Whether a removal newer than this step was applied to a non-member.
-    local function removed_later(mpid, digits)
+    local function removed_later(mpid, bucket)
       if not check_tombstones then
         return false
       end
-      local n = digits % TOMBSTONE_HASHES
-      local tombstone = redis.call('HGET', gone_now .. n, mpid)
+      local tombstone = redis.call('HGET', gone_now .. bucket, mpid)
       if not tombstone and check_previous then
-        tombstone = redis.call('HGET', gone_before .. n, mpid)
+        tombstone = redis.call('HGET', gone_before .. bucket, mpid)
       end
       return tombstone and tonumber(tombstone) > time_value
     end
@@ -102,17 +100,18 @@ for a = 0, count - 1 do
       return stamp and tonumber(stamp) > time_value
     end
 
-    -- Buckets keep each member set small enough for Redis's compact intset encoding; the
-    -- bucket is a fixed function of the MPID's canonical string: last 12 digits mod 4096.
+    -- Buckets keep each member set small enough for Redis's compact intset encoding, and
+    -- each tombstone hash short.
     -- A member always has its stamp in its user hash, so a membership that SADD or SREM
     -- finds absent has no stamp to read; a member's stamp is newer than any tombstone of it.
     -- Out of order, each change is applied first and undone in the rare case it was stale.
     local delta_added, delta_removed = 0, 0
-    for mpid in string.gmatch(adds, '%S+') do
-      local user, digits = users .. mpid, tonumber(string.sub(mpid, -12))
-      local set = members .. (digits % 4096)
+    local next_add = string.gmatch(adds, '%S+')
+    for mpid in next_add do
+      local bucket = next_add()
+      local user, set = users .. mpid, members .. bucket
       if redis.call('SADD', set, mpid) == 1 then
-        if not in_order and removed_later(mpid, digits) then
+        if not in_order and removed_later(mpid, bucket) then
           redis.call('SREM', set, mpid)
           stale = stale + 1
         else
@@ -125,9 +124,10 @@ for a = 0, count - 1 do
         redis.call('HSET', user, iid, source_time)
       end
     end
-    for mpid in string.gmatch(deletes, '%S+') do
-      local user, digits = users .. mpid, tonumber(string.sub(mpid, -12))
-      local set = members .. (digits % 4096)
+    local next_delete = string.gmatch(deletes, '%S+')
+    for mpid in next_delete do
+      local bucket = next_delete()
+      local user, set = users .. mpid, members .. bucket
       local applied = true
       if redis.call('SREM', set, mpid) == 1 then
         if not in_order and added_later(user) then
@@ -137,11 +137,11 @@ for a = 0, count - 1 do
           redis.call('HDEL', user, iid)
           delta_removed = delta_removed + 1
         end
-      elseif not in_order and removed_later(mpid, digits) then
+      elseif not in_order and removed_later(mpid, bucket) then
         applied = false
       end
       if applied then
-        redis.call('HSET', gone_now .. (digits % TOMBSTONE_HASHES), mpid, source_time)
+        redis.call('HSET', gone_now .. bucket, mpid, source_time)
         wrote_tombstones = true
       else
         stale = stale + 1
