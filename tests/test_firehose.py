@@ -4,6 +4,7 @@ the lenient path that checks each profile and entry on its own."""
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,6 +69,22 @@ def test_fast_and_lenient_paths_agree_when_both_read_a_message(message: dict) ->
 
     if fast is not None:
         assert summary(fast.envelope, fast.membership, fast.batch) == lenient(body)
+
+
+# Strings Python's int() reads, or that look like digits, which no MPID may be.
+@pytest.mark.parametrize(
+    "mpid", ["-", "--1", "1_0", "\u0661", "\u00b2", "0x1", "0" * 21, "-" + "0" * 21, "1 "]
+)
+def test_a_string_that_is_not_a_plain_decimal_is_skipped_on_both_paths(mpid: str) -> None:
+    good = {"mpid": "5", "audiences": [{"audience_id": 1, "action": "add"}]}
+    bad = {"mpid": mpid, "audiences": [{"audience_id": 1, "action": "add"}]}
+    message = {"type": firehose.MEMBERSHIP, "account": {}, "user_profiles": [good, bad]}
+    body = orjson.dumps(message)
+
+    fast = firehose._read_membership_fast(body)
+
+    assert fast is None or summary(fast.envelope, fast.membership, fast.batch) == lenient(body)
+    assert lenient(body)[2] == {1: {5: True}}
 
 
 def test_a_well_formed_batch_takes_the_fast_path() -> None:

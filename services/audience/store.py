@@ -35,7 +35,7 @@ incarnation and cannot be touched by that cleanup.
 Member sets are split in 4096 buckets so that each stays small enough for Redis's intset
 encoding (8 bytes an MPID) up to a few million members. An MPID's bucket is the last 12
 digits of its decimal string, sign included when there are fewer, modulo 4096
-(``_bucket``); it is computed here and sent beside the MPID, as Lua's number conversions
+(``_with_buckets``); it is computed here and sent beside the MPID, as Lua's number conversions
 cost Redis more than the commands they serve.
 
 Ordering: a change carries its source time (mParticle's timestamp_ms). A change older than
@@ -331,19 +331,16 @@ class AudienceStore:
 Changes = list[tuple[int, str, Sequence[int], Sequence[int]]]
 
 
-def _bucket(mpid: int) -> int:
-    """The bucket of an MPID: the last 12 characters of its decimal string, read as a
-    number, modulo 4096 (so "-5" is bucket 4091), computed without the string."""
-    last_12 = mpid if -(10**11) < mpid < 10**12 else abs(mpid) % 10**12
-    return last_12 % BUCKETS
-
-
 def _with_buckets(mpids: Sequence[int]) -> str:
-    """The words apply_changes.lua reads: each MPID followed by its bucket."""
-    words = []
-    for mpid in mpids:
-        words += (str(mpid), str(_bucket(mpid)))
-    return " ".join(words)
+    """The words apply_changes.lua reads: each MPID followed by its bucket, the last 12
+    characters of its decimal string read as a number, modulo 4096 (so "-5" is in 4091).
+    The same without the string: below 12 characters, the MPID itself, sign included."""
+    return " ".join(
+        [
+            f"{m} {(abs(m) % 10**12 if m <= -(10**11) or m >= 10**12 else m) % BUCKETS}"
+            for m in mpids
+        ]
+    )
 
 
 def _steps(changes: Changes, size: int) -> Iterator[Changes]:

@@ -220,11 +220,9 @@ def read_message(body: bytes) -> Message:
 # into thousands of structs; none can be part of a reference cycle, so they are kept out of
 # the cyclic garbage collector (gc=False), which would otherwise scan them over and over.
 
-_FastMpid = (
-    # \Z, not $: "$" would also match before a final newline, which the lenient path refuses.
-    Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]{1,20}\Z")]
-    | Annotated[int, msgspec.Meta(ge=MPID_MIN, le=MPID_MAX)]
-)
+# A decimal string is checked in _collect_fast: a pattern here would cost a regular
+# expression a profile, a third of the decoding.
+_FastMpid = str | Annotated[int, msgspec.Meta(ge=MPID_MIN, le=MPID_MAX)]
 
 
 class _FastEntry(msgspec.Struct, gc=False):
@@ -287,21 +285,40 @@ def _read_membership_fast(body: bytes) -> Message | None:
 def _collect_fast(profiles: list[_FastProfile]) -> MembershipBatch:
     batch = MembershipBatch()
     latest, names = batch.latest, batch.names
+    entries = 0
     for profile in profiles:
-        legacy = profile.added_audiences, profile.removed_audiences
-        if profile.audiences is None and legacy != (msgspec.UNSET, msgspec.UNSET):
-            raise _NotFast
-        mpid = profile.mpid if isinstance(profile.mpid, int) else int(profile.mpid)
-        if not MPID_MIN <= mpid <= MPID_MAX:
+        audiences = profile.audiences
+        if audiences is None and (profile.added_audiences, profile.removed_audiences) != (
+            msgspec.UNSET,
+            msgspec.UNSET,
+        ):
             raise _NotFast
 
-        for entry in profile.audiences or ():
-            batch.entries += 1
-            if entry.action == "attribute_update":
+        mpid = profile.mpid
+        if isinstance(mpid, str):
+            digits = mpid[1:] if mpid[:1] == "-" else mpid
+            # What _DECIMAL matches: ASCII digits only, as int() would take others too.
+            if not (digits.isascii() and digits.isdigit() and len(digits) <= 20):
+                raise _NotFast
+            mpid = int(mpid)
+            if not MPID_MIN <= mpid <= MPID_MAX:
+                raise _NotFast
+
+        if not audiences:
+            continue
+        entries += len(audiences)
+        for entry in audiences:
+            action = entry.action
+            if action == "attribute_update":
                 continue
-            latest.setdefault(entry.audience_id, {})[mpid] = entry.action == "add"
+            audience_id = entry.audience_id
+            members = latest.get(audience_id)
+            if members is None:
+                members = latest[audience_id] = {}
+            members[mpid] = action == "add"
             if entry.audience_name:
-                names[entry.audience_id] = entry.audience_name
+                names[audience_id] = entry.audience_name
+    batch.entries = entries
     return batch
 
 
