@@ -264,9 +264,9 @@ def test_members_and_tombstones_land_in_the_bucket_of_their_last_12_characters(
     iid = cast(bytes, redis_client.hget("au:idx:{acme}", 7)).decode()
     for mpid in mpids:
         bucket = int(str(mpid)[-12:]) % 4096
-        member = redis_client.sismember(f"au:mem:{{acme}}:{iid}:{bucket}", mpid)
+        member = redis_client.sismember(f"au:mem:{{acme}}:{iid}:{bucket}", str(mpid))
         assert member == (mpid not in (2**63 - 1, -5)), mpid
-    tombstones = [name.decode() for name in redis_client.keys("au:gone:*")]
+    tombstones = [name.decode() for name in cast(list[bytes], redis_client.keys("au:gone:*"))]
     buckets = sorted(int(name.rsplit(":", 1)[1]) for name in tombstones)
     assert buckets == sorted([int(str(2**63 - 1)[-12:]) % 4096, 4091])
 
