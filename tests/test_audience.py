@@ -256,7 +256,7 @@ def test_members_and_tombstones_land_in_the_bucket_of_their_last_12_characters(
     audience_stub: Any, redis_client: redis.Redis
 ) -> None:
     """The layout stored data already has: computing buckets elsewhere must not move it."""
-    mpids = [-(2**63), 2**63 - 1, -5, -1, 0, 4096, -(10**11) + 1, -(10**11), 10**12 + 7]
+    mpids = [-(2**63), 2**63 - 1, -5, -1, 0, 4096, -4097, -(10**11) + 1, -(10**11), 10**12 + 7]
     subscribe(audience_stub, 7)
     change(audience_stub, 7, add=mpids)
     change(audience_stub, 7, delete=[2**63 - 1, -5])

@@ -334,13 +334,12 @@ Changes = list[tuple[int, str, Sequence[int], Sequence[int]]]
 def _with_buckets(mpids: Sequence[int]) -> str:
     """The words apply_changes.lua reads: each MPID followed by its bucket, the last 12
     characters of its decimal string read as a number, modulo 4096 (so "-5" is in 4091).
-    The same without the string: below 12 characters, the MPID itself, sign included."""
-    return " ".join(
-        [
-            f"{m} {(abs(m) % 10**12 if m <= -(10**11) or m >= 10**12 else m) % BUCKETS}"
-            for m in mpids
-        ]
-    )
+
+    4096 divides 10**12, so the last 12 digits leave the remainder of the whole number:
+    the bucket is the MPID's own remainder, or that of its absolute value once the minus
+    sign is no longer among the last 12 characters.
+    """
+    return " ".join([f"{m} {(-m if m <= -(10**11) else m) % BUCKETS}" for m in mpids])
 
 
 def _steps(changes: Changes, size: int) -> Iterator[Changes]:
