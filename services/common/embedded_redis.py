@@ -151,8 +151,16 @@ class EmbeddedRedis:
     def launch(self) -> None:
         """Start the server on its port (which must be set) without waiting for it."""
         assert self.port, "launch() needs a port; start() picks one"
+
+        # Without a data folder the server logs to its standard output, which nobody reads
+        # (start() says when it does not come up); a fatal configuration error still reaches
+        # standard error.
+        stdout = subprocess.DEVNULL if self.data_dir is None else None
         self.process = subprocess.Popen(
-            self._command(self.port), stdin=subprocess.DEVNULL, start_new_session=True
+            self._command(self.port),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            start_new_session=True,
         )
 
     def stop(self, timeout_seconds: float = 10.0) -> None:
