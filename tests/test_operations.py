@@ -5,6 +5,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -19,6 +21,7 @@ import pytest
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from protos.keys.v1 import keys_pb2, keys_pb2_grpc
 from protos.segment.v1 import segment_pb2, segment_pb2_grpc
+from services.common.grpc_server import STOP_MARGIN_SECONDS
 from tests.conftest import fixture_json
 from tests.processes import ProcessSuite
 
@@ -306,3 +309,57 @@ def _outcome(call: Any) -> object:
         return call()
     except grpc.RpcError as error:
         return error.code()
+
+
+# A service whose last step of stopping never finishes, run by the same entrypoint as ours.
+_STUCK_SERVICE = """
+import asyncio
+
+from services.common.grpc_server import GrpcServer, run_service
+from services.common.settings import BaseServiceSettings
+
+
+async def release_that_never_returns() -> None:
+    await asyncio.Event().wait()
+
+
+async def build(settings: BaseServiceSettings) -> GrpcServer:
+    async def ready() -> bool:
+        return True
+
+    return GrpcServer(
+        "stuck", "127.0.0.1:0", [], readiness=ready, on_stop=[release_that_never_returns]
+    )
+
+
+run_service("stuck", BaseServiceSettings, build)
+"""
+
+
+def test_a_stop_stuck_past_its_grace_exits_1_and_logs_where_it_waited() -> None:
+    grace = 0.5
+    with subprocess.Popen(
+        [sys.executable, "-c", _STUCK_SERVICE],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "SHUTDOWN_GRACE_SECONDS": str(grace)},
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if json.loads(line)["message"] == "serving":
+                break
+
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(grace + STOP_MARGIN_SECONDS + 10)
+        elapsed = time.monotonic() - started
+        lines = [json.loads(line) for line in process.stdout]
+
+    assert code == 1
+    assert grace + STOP_MARGIN_SECONDS <= elapsed < grace + STOP_MARGIN_SECONDS + 5
+    stuck = [line for line in lines if line["message"] == "stop did not finish in time"]
+    assert len(stuck) == 1, lines
+    assert stuck[0]["level"] == "ERROR"
+    assert "release_that_never_returns" in stuck[0]["exc_info"]
+    assert not [line for line in lines if line["message"] == "stopped"]

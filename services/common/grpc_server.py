@@ -8,6 +8,7 @@ start it, so tests can bind port 0 and read the port back.
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -31,6 +32,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # The health service name a liveness probe asks for: SERVING while the process runs, whatever
 # its dependencies. The overall status ("") and each service's status follow readiness.
 LIVENESS = "liveness"
+
+# Past its grace period, a stop that is still waiting is stuck, not finishing calls.
+STOP_MARGIN_SECONDS = 5.0
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 SettingsT = TypeVar("SettingsT", bound=BaseServiceSettings)
@@ -163,8 +167,12 @@ class GrpcServer:
             await self.health.set(service, status)
 
 
-async def serve_until_signalled(server: GrpcServer, grace_seconds: float) -> None:
-    """Run ``server`` until SIGTERM or SIGINT, then stop it in order."""
+async def serve_until_signalled(server: GrpcServer, grace_seconds: float) -> bool:
+    """Run ``server`` until SIGTERM or SIGINT, then stop it in order.
+
+    Returns False when the stop was still waiting ``STOP_MARGIN_SECONDS`` after its grace
+    period; the error logged then carries the step it was waiting on.
+    """
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -172,8 +180,15 @@ async def serve_until_signalled(server: GrpcServer, grace_seconds: float) -> Non
 
     await server.start()
     await stop_requested.wait()
+
     _LOGGER.info("stopping", extra={"grace_seconds": grace_seconds})
-    await server.stop(grace_seconds)
+    limit = grace_seconds + STOP_MARGIN_SECONDS
+    try:
+        await asyncio.wait_for(server.stop(grace_seconds), limit)
+    except TimeoutError:
+        _LOGGER.exception("stop did not finish in time", extra={"limit_seconds": limit})
+        return False
+    return True
 
 
 def run_service(
@@ -199,6 +214,9 @@ def run_service(
             # A port taken by another process: one clear line, not a traceback.
             _LOGGER.error("cannot start", extra={"error": str(exc)})
             sys.exit(1)
-        await serve_until_signalled(server, settings.shutdown_grace_seconds)
+        if not await serve_until_signalled(server, settings.shutdown_grace_seconds):
+            # The interpreter's own shutdown could wait on the same step: leave at once.
+            logging.shutdown()
+            os._exit(1)
 
     asyncio_runner.run(main())
