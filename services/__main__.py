@@ -152,8 +152,9 @@ def _service_settings(env: dict[str, str]) -> dict[str, Any]:
         "segment": SegmentSettings,
         "gateway": GatewaySettings,
     }
-    # REDIS_URL is set by the runner itself when it starts the embedded Redis.
-    environ = {"REDIS_URL": "redis://127.0.0.1:6379/0"} | env
+    # REDIS_URL is set by the runner itself when it starts the embedded Redis; until then a
+    # placeholder that names no server lets the other settings be checked.
+    environ = {"REDIS_URL": "redis://embedded-redis.invalid/0"} | env
     return {name: cls.from_env(environ) for name, cls in classes.items()}
 
 
