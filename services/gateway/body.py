@@ -34,6 +34,8 @@ async def read_body(request: Request, limit: int, timeout_seconds: float) -> byt
     Raises BodyTooLarge past ``limit`` bytes (before or after gunzip), decided before the
     whole body is read; ApiError 408 when it does not arrive within ``timeout_seconds``.
     """
+    # TODO(#6): bound the bytes of all bodies in flight together, answering 429 past it;
+    # each is bounded alone (docs/failure-modes.md, "Memory of bodies in flight").
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge

@@ -160,9 +160,12 @@ class UserProfile(TypedDict):
     audiences: NotRequired[list[Any] | None]
 
 
-_PROFILES = TypeAdapter(list[UserProfile])
+# A whole list is tried first; at its first bad item the items are read one by one, each
+# kept or skipped. Without fail_fast, the first try would describe every bad item, hundreds
+# of bytes each: a few megabytes of "{}" entries would take gigabytes.
+_PROFILES = TypeAdapter(Annotated[list[UserProfile], Field(fail_fast=True)])
 _PROFILE = TypeAdapter(UserProfile)
-_ENTRIES = TypeAdapter(list[AudienceEntry])
+_ENTRIES = TypeAdapter(Annotated[list[AudienceEntry], Field(fail_fast=True)])
 _ENTRY = TypeAdapter(AudienceEntry)
 
 
