@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from protos.audience.v1 import audience_pb2
@@ -424,8 +425,10 @@ def test_a_connection_whose_request_head_stalls_is_closed(stack: Stack, sent: by
     [
         b"POST /mparticle HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"POST /mparticle HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        # The start of a TLS handshake: refused at once, not held as an unfinished head.
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     ],
-    ids=["bad_chunk_size", "negative_length"],
+    ids=["bad_chunk_size", "negative_length", "tls_handshake"],
 )
 def test_a_request_that_is_not_http_gets_the_error_shape(stack: Stack, request_head: bytes) -> None:
     received = exchange(stack.gateway_url, request_head)
@@ -434,6 +437,30 @@ def test_a_request_that_is_not_http_gets_the_error_shape(stack: Stack, request_h
     assert head.startswith(b"HTTP/1.1 400")
     assert b"content-type: application/json" in head
     assert json.loads(body)["error"]["code"] == "invalid_http"
+
+
+@pytest.mark.parametrize("piece", [None, 5], ids=["at_once", "in_pieces"])
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        b"Connection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c",
+        b"connection:upgrade,close\r\nupgrade: websocket",
+    ],
+    ids=["h2c", "websocket"],
+)
+def test_a_post_asking_to_upgrade_is_served_as_http_1_1(
+    stack: Stack, tenant: Tenant, audience_stub: Any, upgrade: bytes, piece: int | None
+) -> None:
+    body = orjson.dumps(membership(tenant.api_key, profile("41", 4101, "Upgrade")))
+    head = b"POST /mparticle HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Authorization: Token %s\r\n" % MPARTICLE_TOKEN.encode()
+    head += upgrade + b"\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % len(body)
+
+    received = exchange(stack.gateway_url, head + body, piece)
+
+    assert received.startswith(b"HTTP/1.1 200"), received
+    assert audiences(audience_stub)[4101].member_count == 1
 
 
 @pytest.mark.parametrize("piece", [None, 4096], ids=["at_once", "in_pieces"])

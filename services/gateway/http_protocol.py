@@ -8,9 +8,16 @@ a deadline from the moment the connection opens or its previous response was sen
 the connection is closed. (The body has its own deadline, ``GATEWAY_BODY_TIMEOUT_SECONDS``.)
 httptools sets no bound on a head's size either: one larger than MAX_HEAD_BYTES is answered
 431 and the connection closed, before it is held in memory.
+
+The gateway speaks HTTP/1.1 only, and ignores a request's ``Upgrade`` (as RFC 9110 lets a
+server do): httptools would otherwise take the body of a POST sent with ``Connection:
+Upgrade`` (``curl --http2`` on http://, some HTTP/2 clients) for the new protocol's data,
+and the request would reach the endpoint without it. So each head is gathered whole and the
+``upgrade`` option taken out of its Connection header before httptools reads it.
 """
 
 import asyncio
+import re
 from typing import Any
 
 import orjson
@@ -18,6 +25,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # A request line and headers together; mParticle's are well under 2 KiB.
 MAX_HEAD_BYTES = 64 * 1024
+
+# How every request httptools accepts begins: a method, then a space.
+_REQUEST_START = re.compile(rb"[A-Z]{1,20}(?: |\Z)")
+# A Connection header of a head, and the upgrade option in its value (a token, between
+# commas and spaces).
+_CONNECTION = re.compile(rb"^connection[ \t]*:[^\r\n]*", re.IGNORECASE | re.MULTILINE)
+_UPGRADE_OPTION = re.compile(rb"(?<=[:, \t])upgrade(?=[, \t]|\Z)", re.IGNORECASE)
 
 
 def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
@@ -27,7 +41,8 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._head_deadline: asyncio.TimerHandle | None = None
-            self._head_bytes = 0
+            # The head so far (and whatever came after it in the same read).
+            self._head = b""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -39,10 +54,10 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
 
         def data_received(self, data: bytes) -> None:
             if self._head_deadline is not None:
-                # Inside a head: count its bytes, up to the blank line that ends it.
-                end = data.find(b"\r\n\r\n")
-                self._head_bytes += len(data) if end < 0 else end + 4
-                if self._head_bytes > MAX_HEAD_BYTES:
+                # Inside a head: gather it up to the blank line that ends it.
+                self._head += data
+                end = self._head.find(b"\r\n\r\n")
+                if (len(self._head) if end < 0 else end + 4) > MAX_HEAD_BYTES:
                     self._disarm_head_deadline()
                     self._refuse(
                         b"431 Request Header Fields Too Large",
@@ -50,6 +65,14 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
                         f"the request line and headers must fit in {MAX_HEAD_BYTES} bytes",
                     )
                     return
+                if end < 0 and _REQUEST_START.match(self._head):
+                    return
+                if end < 0:
+                    # Not HTTP: httptools refuses it at once.
+                    data = self._head
+                else:
+                    data = _without_upgrade(self._head[:end]) + self._head[end:]
+                self._head = b""
 
             super().data_received(data)
 
@@ -80,7 +103,7 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
 
         def _arm_head_deadline(self) -> None:
             self._disarm_head_deadline()
-            self._head_bytes = 0
+            self._head = b""
             self._head_deadline = self.loop.call_later(seconds, self._head_too_slow)
 
         def _disarm_head_deadline(self) -> None:
@@ -94,3 +117,8 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
                 self.transport.close()
 
     return HeaderTimeoutProtocol
+
+
+def _without_upgrade(head: bytes) -> bytes:
+    """``head`` with the upgrade option taken out of its Connection headers."""
+    return _CONNECTION.sub(lambda line: _UPGRADE_OPTION.sub(b"", line.group()), head)
