@@ -109,15 +109,15 @@ def guarded_gateway(stack: Stack) -> str:
     return stack.start_gateway(max_in_flight=4, body_timeout_seconds=0.5)
 
 
-def stalled_request(url: str, headers: dict[str, str]) -> socket.socket:
-    """A POST that declares a body and sends only its first bytes."""
+def stalled_request(url: str, headers: dict[str, str], length: int = 100_000) -> socket.socket:
+    """A POST that declares a body of ``length`` bytes and sends only its first bytes."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
     lines = [
         "POST /mparticle HTTP/1.1",
         f"Host: {host}",
         "Content-Type: application/json",
-        "Content-Length: 100000",
+        f"Content-Length: {length}",
         *(f"{k}: {v}" for k, v in headers.items()),
         "",
         '{"type": "audience_membership_change_request", ',
@@ -157,6 +157,61 @@ def test_a_body_that_does_not_arrive_in_time_is_408(guarded_gateway: str) -> Non
 
     assert reply.startswith("HTTP/1.1 408")
     assert '"code":"body_timeout"' in reply
+
+
+def test_bodies_in_flight_share_one_memory_budget(stack: Stack, tenant: Tenant) -> None:
+    """A request that does not fit beside those in flight gets 429 (retried), and fits once
+    they are done; one that could not fit even alone gets 413."""
+    url = stack.start_gateway(memory_budget_bytes=2_000_000)
+    token = {"Authorization": f"Token {MPARTICLE_TOKEN}"}
+    small = membership(tenant.api_key, *(profile(str(i), 4201) for i in range(1, 1001)))
+    large = membership(tenant.api_key, *(profile(str(i), 4202) for i in range(1, 20_001)))
+
+    holder = stalled_request(url, token, length=1_500_000)
+    time.sleep(0.2)
+    try:
+        crowded = httpx.post(f"{url}/mparticle", json=small, headers=token)
+    finally:
+        holder.close()
+    retried = _post_until_not_429(f"{url}/mparticle", small, token)
+    alone = httpx.post(f"{url}/mparticle", json=large, headers=token)
+
+    assert crowded.status_code == 429, crowded.text
+    assert crowded.headers["Retry-After"] == "1"
+    assert crowded.json()["error"]["code"] == "overloaded"
+    assert retried.status_code == 200, retried.text
+    assert alone.status_code == 413, alone.text
+    assert alone.json()["error"]["code"] == "body_too_large"
+
+
+def _post_until_not_429(url: str, body: Any, headers: dict[str, str]) -> httpx.Response:
+    """POST as mParticle would, again after each 429, for up to 5 s."""
+    deadline = time.monotonic() + 5
+    while (response := httpx.post(url, json=body, headers=headers)).status_code == 429:
+        assert time.monotonic() < deadline, "the budget was not given back"
+        time.sleep(0.05)
+    return response
+
+
+def test_a_body_dense_with_empty_objects_costs_more_than_a_valid_one_of_its_size(
+    stack: Stack, tenant: Tenant, audience_stub: Any
+) -> None:
+    url = stack.start_gateway(memory_budget_bytes=16_000_000)
+    token = {"Authorization": f"Token {MPARTICLE_TOKEN}", "Content-Type": "application/json"}
+    valid = orjson.dumps(
+        membership(tenant.api_key, *(profile(str(i), 4301) for i in range(1, 12_001)))
+    )
+    junk = membership(tenant.api_key, {"mpid": "1", "audiences": []})
+    junk["user_profiles"][0]["audiences"] = [{}] * (len(valid) // 3)
+    dense = orjson.dumps(junk)
+
+    refused = httpx.post(f"{url}/mparticle", content=dense, headers=token)
+    stored = httpx.post(f"{url}/mparticle", content=valid, headers=token)
+
+    assert len(valid) <= len(dense) < len(valid) * 1.1
+    assert refused.status_code == 413, refused.text
+    assert stored.status_code == 200, stored.text
+    assert audiences(audience_stub)[4301].member_count == 12_000
 
 
 def test_an_unauthenticated_large_body_is_refused_unread(stack: Stack) -> None:

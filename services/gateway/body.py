@@ -6,6 +6,7 @@ import zlib
 from starlette.requests import Request
 
 from services.gateway.errors import ApiError
+from services.gateway.memory import Reservation
 
 # Compressed bodies up to this size are inflated on the event loop; larger ones in a thread.
 _GUNZIP_ON_LOOP_BYTES = 64 * 1024
@@ -28,40 +29,49 @@ def check_media_type(request: Request) -> None:
         raise ApiError(415, "unsupported_encoding", "Content-Encoding must be gzip or identity")
 
 
-async def read_body(request: Request, limit: int, timeout_seconds: float) -> bytes:
+async def read_body(
+    request: Request, limit: int, timeout_seconds: float, memory: Reservation
+) -> bytes:
     """The body, gunzipped when sent with Content-Encoding: gzip.
 
     Raises BodyTooLarge past ``limit`` bytes (before or after gunzip), decided before the
     whole body is read; ApiError 408 when it does not arrive within ``timeout_seconds``.
+    Its bytes are taken from ``memory`` (the declared length before any is read, else as
+    they arrive), which raises ApiError 413 or 429 when the gateway's budget cannot hold them.
     """
-    # TODO(#6): bound the bytes of all bodies in flight together, answering 429 past it;
-    # each is bounded alone (docs/failure-modes.md, "Memory of bodies in flight").
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
+    if declared.isdigit():
+        memory.take(int(declared))
 
     try:
         async with asyncio.timeout(timeout_seconds):
-            body = await _read_stream(request, limit)
+            body = await _read_stream(request, limit, None if declared.isdigit() else memory)
     except TimeoutError:
         raise ApiError(408, "body_timeout", "the body did not arrive in time") from None
 
     if request.headers.get("content-encoding", "").strip().lower() != "gzip":
         return body
     if len(body) <= _GUNZIP_ON_LOOP_BYTES:
-        return _gunzip(body, limit)
-    # Inflating megabytes takes a while: off the event loop, so that other requests and the
-    # probes are answered meanwhile.
-    return await asyncio.to_thread(_gunzip, body, limit)
+        inflated = _gunzip(body, limit)
+    else:
+        # Inflating megabytes takes a while: off the event loop, so that other requests and
+        # the probes are answered meanwhile.
+        inflated = await asyncio.to_thread(_gunzip, body, limit)
+    memory.take(len(inflated))
+    return inflated
 
 
-async def _read_stream(request: Request, limit: int) -> bytes:
+async def _read_stream(request: Request, limit: int, memory: Reservation | None) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
+        if memory is not None:
+            memory.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 

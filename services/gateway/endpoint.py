@@ -18,6 +18,7 @@ from protos.keys.v1 import keys_pb2
 from services.gateway import firehose, metrics
 from services.gateway.body import BodyTooLarge, check_media_type, read_body
 from services.gateway.errors import ApiError
+from services.gateway.memory import MemoryBudget, Reservation, parse_cost
 from services.gateway.registration import FIREHOSE_VERSION, registration_body
 from services.gateway.settings import GatewaySettings
 from services.gateway.upstreams import Upstreams
@@ -65,6 +66,7 @@ class MparticleEndpoint:
         self._trusted = _Pool(settings.max_in_flight)
         self._untrusted = _Pool(UNAUTHENTICATED_IN_FLIGHT)
         self._large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+        self._memory = MemoryBudget(settings.memory_budget_bytes)
         # SHA-256 of a key -> its owner, or None for a rejected key.
         self._owners: TTLCache[bytes, keys_pb2.ValidateKeyResponse | None] | None = None
         if settings.key_cache_seconds > 0:
@@ -81,9 +83,12 @@ class MparticleEndpoint:
             ).response()
 
         pool.in_flight += 1
+        memory = self._memory.reservation()
         try:
-            return await self._receive(request, trusted)
+            return await self._receive(request, trusted, memory)
         except ApiError as error:
+            if error.code == "overloaded":
+                metrics.SHED.inc()
             return error.response()
         except ClientDisconnect:
             _LOGGER.info("client went away before sending the whole body")
@@ -93,18 +98,20 @@ class MparticleEndpoint:
             # 500 is retried by mParticle: a bug of ours must not drop data for good.
             return ApiError(500, "internal", "internal error").response()
         finally:
+            memory.release()
             pool.in_flight -= 1
 
-    async def _receive(self, request: Request, trusted: bool) -> Response:
+    async def _receive(self, request: Request, trusted: bool, memory: Reservation) -> Response:
         check_media_type(request)
         limit = self._settings.max_body_bytes if trusted else UNAUTHENTICATED_BODY_LIMIT
         try:
-            body = await read_body(request, limit, self._settings.body_timeout_seconds)
+            body = await read_body(request, limit, self._settings.body_timeout_seconds, memory)
         except BodyTooLarge:
             if not trusted:
                 raise _unauthorized() from None
             raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes") from None
 
+        memory.take(parse_cost(body))
         message = await self._read(body)
         envelope = message.envelope
         request.state.message_type = envelope.type

@@ -16,7 +16,8 @@ REQUEST_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 SHED = Counter(
-    "gateway_requests_shed_total", "Requests answered 429 because too many were in flight."
+    "gateway_requests_shed_total",
+    "Requests answered 429 because too many, or too large bodies, were in flight.",
 )
 KEYS_REJECTED = Counter(
     "gateway_keys_rejected_total",

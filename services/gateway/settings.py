@@ -27,6 +27,11 @@ class GatewaySettings(BaseServiceSettings):
     max_in_flight: int = Field(256, validation_alias="GATEWAY_MAX_IN_FLIGHT", gt=0)
     # Largest accepted request body, in bytes, before and after gunzip.
     max_body_bytes: int = Field(64 * 1024 * 1024, validation_alias="GATEWAY_MAX_BODY_BYTES", gt=0)
+    # Memory, in bytes, that the bodies of requests in flight may take together, as read and
+    # once parsed (about 6 times a valid body's size); past it, 429 (services/gateway/memory.py).
+    memory_budget_bytes: int = Field(
+        1024 * 1024 * 1024, validation_alias="GATEWAY_MEMORY_BUDGET_BYTES", gt=0
+    )
     # When set, every request but registration must carry "Authorization: Token <this>".
     mparticle_token: SecretStr = Field(SecretStr(""), validation_alias="MPARTICLE_TOKEN")
     # The account setting that carries the customer's API key, as declared at registration.

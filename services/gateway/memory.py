@@ -1,0 +1,63 @@
+"""A budget for the memory that request bodies take while they are served.
+
+Each body is bounded alone (``GATEWAY_MAX_BODY_BYTES``), but up to ``GATEWAY_MAX_IN_FLIGHT``
+requests are served at once, and parsing makes objects of a body that take several times its
+size (about 28 times for a body of "{}"). So each request reserves what its body costs, its
+bytes as they arrive and then an estimate of what parsing makes of them, from one budget
+(``GATEWAY_MEMORY_BUDGET_BYTES``). A request that finds the budget spent is answered 429,
+which mParticle retries once others are done; one that could not fit even alone, 413.
+"""
+
+from services.gateway.errors import ApiError
+
+# What parsing makes of a body, by measure (CPython 3.11, 64-bit): a dict or list with its
+# slot in its parent takes 72-90 bytes before its items, and the strings and numbers of a
+# membership change take up to about four times their JSON text.
+BYTES_PER_CONTAINER = 90
+BYTES_PER_BODY_BYTE = 4
+
+
+def parse_cost(body: bytes) -> int:
+    """An upper estimate of the memory parsing ``body`` and the batch read from it take."""
+    containers = body.count(b"{") + body.count(b"[")
+    return BYTES_PER_BODY_BYTE * len(body) + BYTES_PER_CONTAINER * containers
+
+
+class MemoryBudget:
+    """Bytes that the bodies of requests in flight may take together."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reservation(self) -> "Reservation":
+        return Reservation(self)
+
+
+class Reservation:
+    """What one request holds of the budget; ``release`` gives it all back."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        """Hold ``size`` more bytes, or raise ApiError: 413 when this request would need
+        more than the whole budget, 429 when others hold too much of it now."""
+        budget = self._budget
+        if self.held + size > budget.limit:
+            raise ApiError(
+                413,
+                "body_too_large",
+                f"reading this body takes more than the {budget.limit} bytes of memory the "
+                "gateway gives request bodies; send fewer profiles a request",
+            )
+        if budget.used + size > budget.limit:
+            raise ApiError(429, "overloaded", "too many large bodies in flight, retry later")
+
+        budget.used += size
+        self.held += size
+
+    def release(self) -> None:
+        self._budget.used -= self.held
+        self.held = 0
