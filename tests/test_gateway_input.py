@@ -229,6 +229,7 @@ def test_a_message_with_nothing_valid_is_422(
     response = http.post("/mparticle", json=body)
 
     assert_error(response, 422, "nothing_valid", "$.user_profiles[0].mpid")
+    assert "(1 profiles and 1 entries skipped as invalid)" in response.json()["error"]["message"]
     assert members(audience_stub) == set()
 
 
@@ -300,30 +301,38 @@ def test_empty_user_profiles_is_a_verification(http: httpx.Client, tenant: Tenan
     assert response.json()["suspend_subscription"] is False
 
 
-@pytest.mark.parametrize("key", [None, "", 12345, "ak_malformed"])
+# Stands for "account_settings": null, read as no settings at all.
+NULL_SETTINGS = "account_settings: null"
+
+
+def set_key(body: dict[str, Any], key: Any) -> None:
+    """Put ``key`` where the API key goes: None leaves it out, NULL_SETTINGS every setting."""
+    if key is NULL_SETTINGS:
+        body["account"]["account_settings"] = None
+    elif key is None:
+        del body["account"]["account_settings"]["apiKey"]
+    else:
+        body["account"]["account_settings"]["apiKey"] = key
+
+
+@pytest.mark.parametrize("key", [None, NULL_SETTINGS, "", 12345, "ak_malformed"])
 def test_missing_or_malformed_key_on_subscription_is_401(
     http: httpx.Client, tenant: Tenant, key: Any
 ) -> None:
     body = fixture_json(SUBSCRIPTION, tenant.api_key)
-    if key is None:
-        del body["account"]["account_settings"]["apiKey"]
-    else:
-        body["account"]["account_settings"]["apiKey"] = key
+    set_key(body, key)
 
     response = http.post("/mparticle", json=body)
 
     assert_error(response, 401, "invalid_api_key", "$.account.account_settings.apiKey")
 
 
-@pytest.mark.parametrize("key", [None, "", 12345, "ak_malformed"])
+@pytest.mark.parametrize("key", [None, NULL_SETTINGS, "", 12345, "ak_malformed"])
 def test_missing_or_malformed_key_on_membership_asks_to_suspend(
     http: httpx.Client, tenant: Tenant, audience_stub: Any, key: Any
 ) -> None:
     body = membership(tenant, profile("61"))
-    if key is None:
-        del body["account"]["account_settings"]["apiKey"]
-    else:
-        body["account"]["account_settings"]["apiKey"] = key
+    set_key(body, key)
 
     response = http.post("/mparticle", json=body)
 

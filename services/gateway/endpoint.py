@@ -199,7 +199,8 @@ class MparticleEndpoint:
                 raise ApiError(
                     422,
                     "nothing_valid",
-                    "no user profile or audience entry of the message could be read",
+                    f"no audience entry of the message could be read ({batch.skipped_profiles}"
+                    f" profiles and {batch.skipped_entries} entries skipped as invalid)",
                     batch.first_problem,
                 )
 

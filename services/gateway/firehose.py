@@ -84,7 +84,10 @@ def _display_text(limit: int) -> BeforeValidator:
 
 
 def _lenient_settings(value: Any) -> Any:
-    """Keep the scalar settings, as text; drop values of other types instead of failing."""
+    """Keep the scalar settings, as text; drop values of other types instead of failing.
+    Null is read as no settings (the field is optional)."""
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         return value
     texts = {k: _text(v) for k, v in value.items()}
