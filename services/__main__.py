@@ -100,10 +100,13 @@ class Suite:
         return False
 
     def failed(self) -> str:
-        """The name of a service that exited on its own, or ''."""
+        """The name of a service (or of the embedded Redis) that exited on its own, or ''."""
         for name, process in self.processes.items():
             if process.poll() is not None:
                 return name
+        redis_process = self.redis.process if self.redis is not None else None
+        if redis_process is not None and redis_process.poll() is not None:
+            return "redis"
         return ""
 
     def stop(self) -> None:

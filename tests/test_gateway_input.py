@@ -126,6 +126,18 @@ def test_missing_account_on_membership_is_400(http: httpx.Client, tenant: Tenant
     assert_error(http.post("/mparticle", json=body), 400, "invalid_field", "$.account")
 
 
+@pytest.mark.parametrize("account", [5, [], {"account_settings": "apiKey"}])
+def test_a_field_that_must_be_an_object_says_so_in_plain_words(
+    http: httpx.Client, tenant: Tenant, account: Any
+) -> None:
+    body = {**membership(tenant, profile("1")), "account": account}
+
+    message = http.post("/mparticle", json=body).json()["error"]["message"]
+
+    assert message.endswith("must be a JSON object"), message
+    assert "Account" not in message and "dictionary" not in message
+
+
 def test_subscription_settings_of_other_scalar_types_are_read_as_text(
     http: httpx.Client, tenant: Tenant, audience_stub: Any
 ) -> None:

@@ -193,6 +193,29 @@ def test_a_bad_setting_stops_the_run_with_its_name(
     assert "Traceback" not in run.stdout + run.stderr
 
 
+def test_the_suite_stops_when_its_redis_dies(suite_env: dict[str, str]) -> None:
+    """Rather than answer 503 for ever: make run says so and exits 1."""
+    process = start_run(suite_env)
+    url = f"http://127.0.0.1:{suite_env['GATEWAY_PORT']}"
+    try:
+        wait_ready(url, process)
+        assert process.stdout is not None
+        ready = next(line for line in process.stdout if "embedded redis ready" in line)
+        server = redis.Redis(port=json.loads(ready)["port"])
+        os.kill(server.info("server")["process_id"], signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+
+    assert process.returncode == 1, output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    [exited] = [line for line in lines if line["message"] == "a service exited; stopping the suite"]
+    assert exited["svc"] == "redis"
+    assert "suite stopped" in _log_messages(output)
+
+
 def test_the_suite_stops_when_its_parent_goes_away(suite_env: dict[str, str]) -> None:
     """As when make is killed, or a terminal closes with make as its first process."""
     parent = subprocess.Popen(

@@ -76,8 +76,8 @@ class MparticleEndpoint:
         trusted = self._has_token(request)
         pool = self._trusted if trusted else self._untrusted
         if pool.in_flight >= pool.limit:
+            # Counted here; the request's own log line says 429.
             metrics.SHED.inc()
-            _LOGGER.warning("shedding load", extra={"in_flight": pool.in_flight})
             return ApiError(
                 429, "overloaded", "too many requests in flight, retry later"
             ).response()

@@ -500,9 +500,13 @@ def _validate(model: type[M], document: dict[str, Any]) -> M:
         raise ApiError(400, "invalid_field", _describe(exc.errors()[0]), _path(exc, "$")) from None
 
 
+# Pydantic's wording for these speaks of Python types (and names our classes).
+_PLAIN_MESSAGES = {"model_type": "must be a JSON object", "dict_type": "must be a JSON object"}
+
+
 def _describe(error: Any) -> str:
     field_name = ".".join(str(p) for p in error["loc"]) or "message"
-    message = str(error["msg"]).removeprefix("Value error, ")
+    message = _PLAIN_MESSAGES.get(error["type"]) or str(error["msg"]).removeprefix("Value error, ")
     return f"{field_name}: {message}"
 
 
