@@ -106,6 +106,7 @@ def test_json_content_type_with_parameters_is_accepted(http: httpx.Client) -> No
         ({"audience_id": True}, 400, "invalid_field", "$.audience_id"),
         ({"audience_id": "x"}, 400, "invalid_field", "$.audience_id"),
         ({"audience_name": ""}, 400, "invalid_field", "$.audience_name"),
+        ({"audience_name": " \t "}, 400, "invalid_field", "$.audience_name"),
         ({"audience_name": None}, 400, "invalid_field", "$.audience_name"),
         ({"audience_name": {"a": 1}}, 400, "invalid_field", "$.audience_name"),
         ({"action": "update", "audience_name": ""}, 400, "invalid_field", "$.audience_name"),

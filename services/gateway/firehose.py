@@ -76,9 +76,11 @@ def _text(value: Any) -> str | None:
 
 
 def _display_text(limit: int) -> BeforeValidator:
+    """Text cut to ``limit``; a value of no text type, or only white space, reads as none."""
+
     def read(value: Any) -> str:
         text = _text(value)
-        return "" if text is None else text[:limit]
+        return "" if text is None or text.isspace() else text[:limit]
 
     return BeforeValidator(read)
 
@@ -322,8 +324,9 @@ def _collect_fast(profiles: list[_FastProfile]) -> MembershipBatch:
             if members is None:
                 members = latest[audience_id] = {}
             members[mpid] = action == "add"
-            if entry.audience_name:
-                names[audience_id] = entry.audience_name
+            name = entry.audience_name
+            if name and not name.isspace():
+                names[audience_id] = name
     batch.entries = entries
     return batch
 
