@@ -41,8 +41,8 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._head_deadline: asyncio.TimerHandle | None = None
-            # The head so far (and whatever came after it in the same read).
-            self._head = b""
+            # The head so far, while it arrives in pieces.
+            self._head = bytearray()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -54,27 +54,45 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
 
         def data_received(self, data: bytes) -> None:
             if self._head_deadline is not None:
-                # Inside a head: gather it up to the blank line that ends it.
-                self._head += data
-                end = self._head.find(b"\r\n\r\n")
-                if (len(self._head) if end < 0 else end + 4) > MAX_HEAD_BYTES:
-                    self._disarm_head_deadline()
-                    self._refuse(
-                        b"431 Request Header Fields Too Large",
-                        "headers_too_large",
-                        f"the request line and headers must fit in {MAX_HEAD_BYTES} bytes",
-                    )
+                data = self._through_head(data)
+                if not data:
                     return
-                if end < 0 and _REQUEST_START.match(self._head):
-                    return
-                if end < 0:
-                    # Not HTTP: httptools refuses it at once.
-                    data = self._head
-                else:
-                    data = _without_upgrade(self._head[:end]) + self._head[end:]
-                self._head = b""
-
             super().data_received(data)
+
+        def _through_head(self, data: bytes) -> bytes:
+            """What of ``data`` to pass on while a head is arriving: nothing until the head
+            is whole (or is not HTTP at all), then the head without its upgrade and what
+            follows it."""
+            if self._head:
+                searched = len(self._head) - 3
+                self._head += data
+                buffer: bytes | bytearray = self._head
+            else:
+                # The usual case, a head (and maybe its body) in one read: nothing is copied.
+                searched = 0
+                buffer = data
+            end = buffer.find(b"\r\n\r\n", max(searched, 0))
+
+            if (len(buffer) if end < 0 else end + 4) > MAX_HEAD_BYTES:
+                self._disarm_head_deadline()
+                self._refuse(
+                    b"431 Request Header Fields Too Large",
+                    "headers_too_large",
+                    f"the request line and headers must fit in {MAX_HEAD_BYTES} bytes",
+                )
+                return b""
+            if end < 0 and _REQUEST_START.match(buffer):
+                if buffer is data:
+                    self._head = bytearray(data)
+                return b""
+
+            self._head = bytearray()
+            if end < 0:
+                # Not HTTP: httptools refuses it at once.
+                return bytes(buffer)
+            if _UPGRADE_OPTION.search(buffer, 0, end) is None:
+                return bytes(buffer) if buffer is not data else data
+            return _without_upgrade(bytes(buffer[:end])) + bytes(buffer[end:])
 
         def on_headers_complete(self) -> None:
             self._disarm_head_deadline()
@@ -103,7 +121,7 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
 
         def _arm_head_deadline(self) -> None:
             self._disarm_head_deadline()
-            self._head = b""
+            self._head = bytearray()
             self._head_deadline = self.loop.call_later(seconds, self._head_too_slow)
 
         def _disarm_head_deadline(self) -> None:
