@@ -4,6 +4,7 @@ with a code mParticle would retry for ever or drop for good without cause."""
 
 import gzip
 import json
+import re
 import socket
 import time
 from typing import Any
@@ -516,6 +517,33 @@ def test_a_post_asking_to_upgrade_is_served_as_http_1_1(
 
     assert received.startswith(b"HTTP/1.1 200"), received
     assert audiences(audience_stub)[4101].member_count == 1
+
+
+def test_a_pipelined_request_asking_to_upgrade_is_answered_503_not_400(
+    stack: Stack, tenant: Tenant, audience_stub: Any
+) -> None:
+    """Behind another request, the upgrade reaches httptools, which takes the body for the
+    new protocol's: the request is answered 503, so that mParticle sends it again."""
+
+    def post(audience_id: int, extra: bytes = b"") -> bytes:
+        body = orjson.dumps(membership(tenant.api_key, profile("51", audience_id, "P")))
+        head = b"POST /mparticle HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += b"Authorization: Token %s\r\n%s" % (MPARTICLE_TOKEN.encode(), extra)
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    first, asking, after = post(5101), post(5102, upgrade), post(5103, b"Connection: close\r\n")
+
+    received = exchange(stack.gateway_url, first + asking + after)
+    again = exchange(stack.gateway_url, asking.replace(b"HTTP2-Settings", b"close"))
+
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", received) == [b"200", b"503"], received
+    assert b'"code":"body_lost"' in received
+    assert again.startswith(b"HTTP/1.1 200")
+    stored = audiences(audience_stub)
+    assert stored[5101].member_count == stored[5102].member_count == 1
+    # The request after it was never read: its sender gets no answer, and sends it again.
+    assert 5103 not in stored
 
 
 @pytest.mark.parametrize("piece", [None, 4096], ids=["at_once", "in_pieces"])

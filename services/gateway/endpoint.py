@@ -18,6 +18,7 @@ from protos.keys.v1 import keys_pb2
 from services.gateway import firehose, metrics
 from services.gateway.body import BodyTooLarge, check_media_type, read_body
 from services.gateway.errors import ApiError
+from services.gateway.http_protocol import BODY_LOST
 from services.gateway.memory import MemoryBudget, Reservation, parse_cost
 from services.gateway.registration import FIREHOSE_VERSION, registration_body
 from services.gateway.settings import GatewaySettings
@@ -102,6 +103,13 @@ class MparticleEndpoint:
             pool.in_flight -= 1
 
     async def _receive(self, request: Request, trusted: bool, memory: Reservation) -> Response:
+        if request.scope.get(BODY_LOST):
+            raise ApiError(
+                503,
+                "body_lost",
+                "a request pipelined behind another asked to upgrade the connection and its "
+                "body could not be read; send it again",
+            )
         check_media_type(request)
         limit = self._settings.max_body_bytes if trusted else UNAUTHENTICATED_BODY_LIMIT
         try:

@@ -13,18 +13,26 @@ The gateway speaks HTTP/1.1 only, and ignores a request's ``Upgrade`` (as RFC 91
 server do): httptools would otherwise take the body of a POST sent with ``Connection:
 Upgrade`` (``curl --http2`` on http://, some HTTP/2 clients) for the new protocol's data,
 and the request would reach the endpoint without it. So each head is gathered whole and the
-``upgrade`` option taken out of its Connection header before httptools reads it.
+``upgrade`` option taken out of its Connection header before httptools reads it. A request
+pipelined behind another reaches httptools directly; if it asks to upgrade, its body (and
+whatever follows it) is lost to the parser, so it is answered 503, which mParticle retries,
+and the connection closed after it (BODY_LOST).
 """
 
 import asyncio
+import logging
 import re
 from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+_LOGGER = logging.getLogger(__name__)
+
 # A request line and headers together; mParticle's are well under 2 KiB.
 MAX_HEAD_BYTES = 64 * 1024
+# Set in a request's ASGI scope when httptools took its body for another protocol's data.
+BODY_LOST = "gateway.body_lost"
 
 # How every request httptools accepts begins: a method, then a space.
 _REQUEST_START = re.compile(rb"[A-Z]{1,20}(?: |\Z)")
@@ -104,6 +112,13 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
             super().on_response_complete()
             if next_head_pending and not self.transport.is_closing():
                 self._arm_head_deadline()
+
+        def _unsupported_upgrade_warning(self) -> None:
+            # httptools met an upgrade in a pipelined request (one at the start of a head is
+            # taken out beforehand): that request, the newest, has no body to read.
+            self.cycle.scope[BODY_LOST] = True  # type: ignore[literal-required]
+            self.cycle.keep_alive = False
+            _LOGGER.warning("a pipelined request asked to upgrade; it is answered 503")
 
         def send_400_response(self, msg: str) -> None:
             """A request the HTTP parser refuses (a bad chunk size, a negative length...):
