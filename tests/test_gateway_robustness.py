@@ -194,24 +194,29 @@ def _post_until_not_429(url: str, body: Any, headers: dict[str, str]) -> httpx.R
     return response
 
 
-def test_a_body_dense_with_empty_objects_costs_more_than_a_valid_one_of_its_size(
+def test_what_a_body_costs_follows_what_parsing_makes_of_it(
     stack: Stack, tenant: Tenant, audience_stub: Any
 ) -> None:
+    """Of three bodies of one size, a valid batch fits the budget; the same batch with one
+    bad MPID, read by the lenient path, does not, nor does one made of "{}"."""
     url = stack.start_gateway(memory_budget_bytes=16_000_000)
     token = {"Authorization": f"Token {MPARTICLE_TOKEN}", "Content-Type": "application/json"}
-    valid = orjson.dumps(
-        membership(tenant.api_key, *(profile(str(i), 4301) for i in range(1, 12_001)))
-    )
+    profiles = [profile(str(i), 4301) for i in range(1, 12_001)]
+    valid = orjson.dumps(membership(tenant.api_key, *profiles))
+    one_bad = orjson.dumps(membership(tenant.api_key, *profiles[:-1], profile("x", 4301)))
     junk = membership(tenant.api_key, {"mpid": "1", "audiences": []})
     junk["user_profiles"][0]["audiences"] = [{}] * (len(valid) // 3)
     dense = orjson.dumps(junk)
 
-    refused = httpx.post(f"{url}/mparticle", content=dense, headers=token)
-    stored = httpx.post(f"{url}/mparticle", content=valid, headers=token)
+    answers = {
+        name: httpx.post(f"{url}/mparticle", content=body, headers=token)
+        for name, body in [("dense", dense), ("one_bad", one_bad), ("valid", valid)]
+    }
 
     assert len(valid) <= len(dense) < len(valid) * 1.1
-    assert refused.status_code == 413, refused.text
-    assert stored.status_code == 200, stored.text
+    assert answers["dense"].status_code == 413, answers["dense"].text
+    assert answers["one_bad"].status_code == 413, answers["one_bad"].text
+    assert answers["valid"].status_code == 200, answers["valid"].text
     assert audiences(audience_stub)[4301].member_count == 12_000
 
 

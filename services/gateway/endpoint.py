@@ -6,6 +6,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from services.gateway import firehose, metrics
 from services.gateway.body import BodyTooLarge, check_media_type, read_body
 from services.gateway.errors import ApiError
 from services.gateway.http_protocol import BODY_LOST
-from services.gateway.memory import MemoryBudget, Reservation, parse_cost
+from services.gateway.memory import MemoryBudget, Reservation, lenient_parse_cost, parse_cost
 from services.gateway.registration import FIREHOSE_VERSION, registration_body
 from services.gateway.settings import GatewaySettings
 from services.gateway.upstreams import Upstreams
@@ -119,8 +120,9 @@ class MparticleEndpoint:
                 raise _unauthorized() from None
             raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes") from None
 
-        memory.take(parse_cost(body))
-        message = await self._read(body)
+        typed_cost = parse_cost(body)
+        memory.take(typed_cost)
+        message = await self._read(body, lambda: memory.take(lenient_parse_cost(body) - typed_cost))
         envelope = message.envelope
         request.state.message_type = envelope.type
         if envelope.type == firehose.REGISTRATION:
@@ -139,11 +141,11 @@ class MparticleEndpoint:
         assert message.membership is not None and message.batch is not None
         return await self._membership(request, envelope, message.membership, message.batch)
 
-    async def _read(self, body: bytes) -> firehose.Message:
+    async def _read(self, body: bytes, before_lenient: Callable[[], None]) -> firehose.Message:
         if len(body) <= LARGE_BODY_BYTES:
-            return firehose.read_message(body)
+            return firehose.read_message(body, before_lenient)
         async with self._large_bodies:
-            return await asyncio.to_thread(firehose.read_message, body)
+            return await asyncio.to_thread(firehose.read_message, body, before_lenient)
 
     async def _subscription(
         self, request: Request, envelope: firehose.Envelope, message: firehose.SubscriptionRequest

@@ -12,6 +12,7 @@ Firehose version). Display text is cut to a bounded length rather than refused.
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, TypeVar
 
@@ -203,12 +204,19 @@ class Message:
     batch: MembershipBatch | None = None
 
 
-def read_message(body: bytes) -> Message:
-    """Parse and check a request body; raises ApiError (4xx) when it cannot be read."""
+def read_message(body: bytes, before_lenient: Callable[[], object] = lambda: None) -> Message:
+    """Parse and check a request body; raises ApiError (4xx) when it cannot be read.
+
+    ``before_lenient`` is called when the body needs the lenient path, before it starts
+    (the gateway's memory budget takes what that path costs).
+    """
     fast = _read_membership_fast(body)
     if fast is not None:
         return fast
 
+    # TODO(#6): read a large body's profiles one at a time here, so that one bad profile
+    # does not cost the memory of the whole batch as Python objects (docs/failure-modes.md).
+    before_lenient()
     document = parse_json(body)
     envelope = read_envelope(document)
 
