@@ -172,6 +172,12 @@ def test_bodies_in_flight_share_one_memory_budget(stack: Stack, tenant: Tenant) 
     time.sleep(0.2)
     try:
         crowded = httpx.post(f"{url}/mparticle", json=small, headers=token)
+        # Refused on its declared length, before it is read: it is read and dropped, so
+        # that the 429 arrives whole instead of a reset.
+        raw = orjson.dumps(large)[:700_000]
+        head = b"POST /mparticle HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        head += b"Authorization: Token %s\r\n" % MPARTICLE_TOKEN.encode()
+        declared_refused = exchange(url, head + b"Content-Length: %d\r\n\r\n" % len(raw) + raw)
     finally:
         holder.close()
     retried = _post_until_not_429(f"{url}/mparticle", small, token)
@@ -180,6 +186,7 @@ def test_bodies_in_flight_share_one_memory_budget(stack: Stack, tenant: Tenant) 
     assert crowded.status_code == 429, crowded.text
     assert crowded.headers["Retry-After"] == "1"
     assert crowded.json()["error"]["code"] == "overloaded"
+    assert declared_refused.startswith(b"HTTP/1.1 429"), declared_refused[:200]
     assert retried.status_code == 200, retried.text
     assert alone.status_code == 413, alone.text
     assert alone.json()["error"]["code"] == "body_too_large"

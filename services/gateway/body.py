@@ -42,11 +42,11 @@ async def read_body(
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
-    if declared.isdigit():
-        memory.take(int(declared))
 
     try:
         async with asyncio.timeout(timeout_seconds):
+            if declared.isdigit():
+                await _take_or_discard(request, memory, int(declared))
             body = await _read_stream(request, limit, None if declared.isdigit() else memory)
     except TimeoutError:
         raise ApiError(408, "body_timeout", "the body did not arrive in time") from None
@@ -71,9 +71,21 @@ async def _read_stream(request: Request, limit: int, memory: Reservation | None)
         if size > limit:
             raise BodyTooLarge
         if memory is not None:
-            memory.take(len(chunk))
+            await _take_or_discard(request, memory, len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _take_or_discard(request: Request, memory: Reservation, size: int) -> None:
+    """Take ``size`` bytes from the budget; when it refuses, read the rest of the body and
+    drop it before answering, so that the answer (429) reaches the sender instead of a
+    reset connection, and bytes it no longer needs are not held."""
+    try:
+        memory.take(size)
+    except ApiError:
+        async for _ in request.stream():
+            pass
+        raise
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
