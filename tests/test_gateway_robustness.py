@@ -493,10 +493,13 @@ def test_a_connection_whose_request_head_stalls_is_closed(stack: Stack, sent: by
     [
         b"POST /mparticle HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"POST /mparticle HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
-        # The start of a TLS handshake: refused at once, not held as an unfinished head.
+        # The start of a TLS handshake, binary after a method: refused at once, not held as
+        # an unfinished head.
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"GET /\x00\x01\x02\xff\xfe",
+        b"POST /mparticle HTTP/1.1\nHost: x\nContent-Length: 2\n\n{}",
     ],
-    ids=["bad_chunk_size", "negative_length", "tls_handshake"],
+    ids=["bad_chunk_size", "negative_length", "tls_handshake", "binary_after_a_method", "bare_lf"],
 )
 def test_a_request_that_is_not_http_gets_the_error_shape(stack: Stack, request_head: bytes) -> None:
     received = exchange(stack.gateway_url, request_head)

@@ -34,8 +34,12 @@ MAX_HEAD_BYTES = 64 * 1024
 # Set in a request's ASGI scope when httptools took its body for another protocol's data.
 BODY_LOST = "gateway.body_lost"
 
-# How every request httptools accepts begins: a method, then a space.
+# How every request httptools accepts begins: a method, then a space; and bytes no head
+# holds (control characters but tab, CR and LF).
 _REQUEST_START = re.compile(rb"[A-Z]{1,20}(?: |\Z)")
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The blank line that ends a head (httptools also takes bare line feeds).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 # A Connection header of a head, and the upgrade option in its value (a token, between
 # commas and spaces).
 _CONNECTION = re.compile(rb"^connection[ \t]*:[^\r\n]*", re.IGNORECASE | re.MULTILINE)
@@ -79,9 +83,11 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
                 # The usual case, a head (and maybe its body) in one read: nothing is copied.
                 searched = 0
                 buffer = data
-            end = buffer.find(b"\r\n\r\n", max(searched, 0))
+            searched = max(searched, 0)
+            blank = _HEAD_END.search(buffer, searched)
+            end = blank.start() if blank else -1
 
-            if (len(buffer) if end < 0 else end + 4) > MAX_HEAD_BYTES:
+            if (blank.end() if blank else len(buffer)) > MAX_HEAD_BYTES:
                 self._disarm_head_deadline()
                 self._refuse(
                     b"431 Request Header Fields Too Large",
@@ -89,7 +95,7 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
                     f"the request line and headers must fit in {MAX_HEAD_BYTES} bytes",
                 )
                 return b""
-            if end < 0 and _REQUEST_START.match(buffer):
+            if end < 0 and _REQUEST_START.match(buffer) and not _CONTROL.search(buffer, searched):
                 if buffer is data:
                     self._head = bytearray(data)
                 return b""
