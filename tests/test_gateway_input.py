@@ -107,6 +107,7 @@ def test_json_content_type_with_parameters_is_accepted(http: httpx.Client) -> No
         ({"audience_id": "x"}, 400, "invalid_field", "$.audience_id"),
         ({"audience_name": ""}, 400, "invalid_field", "$.audience_name"),
         ({"audience_name": " \t "}, 400, "invalid_field", "$.audience_name"),
+        ({"audience_name": " \u200b\ufeff\u00a0"}, 400, "invalid_field", "$.audience_name"),
         ({"audience_name": None}, 400, "invalid_field", "$.audience_name"),
         ({"audience_name": {"a": 1}}, 400, "invalid_field", "$.audience_name"),
         ({"action": "update", "audience_name": ""}, 400, "invalid_field", "$.audience_name"),

@@ -12,6 +12,7 @@ Firehose version). Display text is cut to a bounded length rather than refused.
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, TypeVar
@@ -76,12 +77,24 @@ def _text(value: Any) -> str | None:
     return None
 
 
+# Unicode categories of characters that show nothing: separators, controls and formats
+# (such as the zero-width space and the byte order mark).
+_INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+
+
+def _is_blank(text: str) -> bool:
+    """Whether ``text`` (not empty) would show nothing."""
+    if text.isspace():
+        return True
+    return not text.isprintable() and all(unicodedata.category(c) in _INVISIBLE for c in text)
+
+
 def _display_text(limit: int) -> BeforeValidator:
-    """Text cut to ``limit``; a value of no text type, or only white space, reads as none."""
+    """Text cut to ``limit``; a value of no text type, or that shows nothing, reads as none."""
 
     def read(value: Any) -> str:
         text = _text(value)
-        return "" if text is None or text.isspace() else text[:limit]
+        return "" if text is None or (text and _is_blank(text)) else text[:limit]
 
     return BeforeValidator(read)
 
@@ -333,7 +346,7 @@ def _collect_fast(profiles: list[_FastProfile]) -> MembershipBatch:
                 members = latest[audience_id] = {}
             members[mpid] = action == "add"
             name = entry.audience_name
-            if name and not name.isspace():
+            if name and not _is_blank(name):
                 names[audience_id] = name
     batch.entries = entries
     return batch
