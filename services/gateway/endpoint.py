@@ -111,6 +111,7 @@ class MparticleEndpoint:
                 "a request pipelined behind another asked to upgrade the connection and its "
                 "body could not be read; send it again",
             )
+
         check_media_type(request)
         limit = self._settings.max_body_bytes if trusted else UNAUTHENTICATED_BODY_LIMIT
         try:
@@ -120,9 +121,12 @@ class MparticleEndpoint:
                 raise _unauthorized() from None
             raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes") from None
 
+        # What parsing makes of the body, held until the answer; more should it need the
+        # lenient path.
         typed_cost = parse_cost(body)
         memory.take(typed_cost)
         message = await self._read(body, lambda: memory.take(lenient_parse_cost(body) - typed_cost))
+
         envelope = message.envelope
         request.state.message_type = envelope.type
         if envelope.type == firehose.REGISTRATION:
