@@ -562,7 +562,9 @@ def test_a_pipelined_request_asking_to_upgrade_is_answered_503_not_400(
 
 
 @pytest.mark.parametrize("piece", [None, 4096], ids=["at_once", "in_pieces"])
-def test_a_request_head_over_the_limit_is_431(stack: Stack, piece: int | None) -> None:
+def test_a_request_head_over_the_limit_is_431(
+    stack: Stack, piece: int | None, caplog: pytest.LogCaptureFixture
+) -> None:
     # Nothing more is sent once the head is over the limit, so that the gateway has read
     # everything when it closes (data arriving after that would reset the connection).
     start = b"POST /mparticle HTTP/1.1\r\nHost: x\r\nX-Padding: "
@@ -573,6 +575,8 @@ def test_a_request_head_over_the_limit_is_431(stack: Stack, piece: int | None) -
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431")
     assert json.loads(body)["error"]["code"] == "headers_too_large"
+    logged = [r for r in caplog.records if getattr(r, "status", None) == 431]
+    assert [r.getMessage() for r in logged] == ["request head too large"]
 
 
 def test_a_head_under_the_limit_and_a_large_body_are_served(

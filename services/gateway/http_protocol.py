@@ -89,6 +89,8 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
 
             if (blank.end() if blank else len(buffer)) > MAX_HEAD_BYTES:
                 self._disarm_head_deadline()
+                # Never an ASGI request, so this is its one log line.
+                _LOGGER.warning("request head too large", extra={"status": 431})
                 self._refuse(
                     b"431 Request Header Fields Too Large",
                     "headers_too_large",
