@@ -346,7 +346,8 @@ def _collect_fast(profiles: list[_FastProfile]) -> MembershipBatch:
                 members = latest[audience_id] = {}
             members[mpid] = action == "add"
             name = entry.audience_name
-            if name and not _is_blank(name):
+            # An audience's entries repeat its name: only a new one is checked.
+            if name and names.get(audience_id) != name and not _is_blank(name):
                 names[audience_id] = name
     batch.entries = entries
     return batch
