@@ -39,15 +39,16 @@ async def read_body(
     Its bytes are taken from ``memory`` (the declared length before any is read, else as
     they arrive), which raises ApiError 413 or 429 when the gateway's budget cannot hold them.
     """
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    header = request.headers.get("content-length", "")
+    declared = int(header) if header.isdigit() else None
+    if declared is not None and declared > limit:
         raise BodyTooLarge
 
     try:
         async with asyncio.timeout(timeout_seconds):
-            if declared.isdigit():
-                await _take_or_discard(request, memory, int(declared))
-            body = await _read_stream(request, limit, None if declared.isdigit() else memory)
+            if declared is not None:
+                await _take_or_discard(request, memory, declared)
+            body = await _read_stream(request, limit, None if declared is not None else memory)
     except TimeoutError:
         raise ApiError(408, "body_timeout", "the body did not arrive in time") from None
 
