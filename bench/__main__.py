@@ -38,6 +38,9 @@ from tests.processes import ProcessSuite
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+# A core of its own for every Redis the bench starts, as a Redis pod with its own CPU would
+# have; everything else then shares the other cores. Unset: all processes share all cores.
+REDIS_CPU = int(os.environ["BENCH_REDIS_CPU"]) if os.environ.get("BENCH_REDIS_CPU") else None
 LOOKUP_AUDIENCES = list(range(1, 11))
 LOOKUP_USERS = 100_000
 GROWTH_SIZES = {1_000: 1001, 100_000: 1002, 1_000_000: 1003}
@@ -69,6 +72,9 @@ def main() -> int:
     }
     report = Report(machine=_machine(), tools=tools)
     cpu_before = _cpu_times()
+    if REDIS_CPU is not None:
+        # Before anything starts, so that every process the bench starts inherits the rest.
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {REDIS_CPU})
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     # The settings of a deployment (deploy/k8s/config.yaml), where the test suite's differ.
     suite = ProcessSuite(
@@ -79,6 +85,8 @@ def main() -> int:
         READINESS_INTERVAL_SECONDS="1",
     )
     suite.start()
+    assert suite.redis.process is not None
+    _give_redis_its_core(suite.redis.process.pid)
     try:
         api_key = suite.create_api_key(ACCOUNT)
         _run(report, suite, api_key, work, tools)
@@ -100,6 +108,8 @@ def _run(report: Report, suite: ProcessSuite, api_key: str, work: Path, tools: d
     # raw Redis: redis-benchmark against a server of the same binary and settings as the
     # suite's, measured again just before each ingestion run (the machine's pace drifts).
     reference_redis = EmbeddedRedis().start()
+    assert reference_redis.process is not None
+    _give_redis_its_core(reference_redis.process.pid)
 
     def sadd_reference() -> float:
         _step("references: redis-benchmark SADD")
@@ -488,6 +498,13 @@ def _judge(report: Report) -> None:
     )
 
 
+def _give_redis_its_core(pid: int) -> None:
+    if REDIS_CPU is None:
+        return
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(thread.name), {REDIS_CPU})
+
+
 def _machine() -> dict[str, Any]:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -504,6 +521,7 @@ def _machine() -> dict[str, Any]:
         "redis": version.split(" ")[2].removeprefix("v=") if version else "",
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds_per_measurement": SECONDS,
+        "redis_cpu": REDIS_CPU,
     }
 
 
@@ -532,6 +550,7 @@ def _print(report: Report) -> None:
         f"{machine['cpu_stolen_percent']:.0f} % of CPU time stolen by the hypervisor; "
         f"Python {machine['python']}, Redis {machine['redis']}; started {machine['when']}; "
         f"{machine['seconds_per_measurement']:g} s an ingestion run; "
+        f"{_layout(machine)}; "
         f"tools: {report.tools}"
     )
     print(
@@ -539,6 +558,12 @@ def _print(report: Report) -> None:
         f"trivial gRPC call {m['grpc_trivial_max_per_second']:,.0f}/s\n"
     )
     print(_table(report))
+
+
+def _layout(machine: dict[str, Any]) -> str:
+    if machine.get("redis_cpu") is None:
+        return "all processes share all cores"
+    return f"Redis alone on CPU {machine['redis_cpu']}, everything else on the others"
 
 
 def _table(report: Report) -> str:
