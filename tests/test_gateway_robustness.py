@@ -516,8 +516,11 @@ def test_a_request_that_is_not_http_gets_the_error_shape(stack: Stack, request_h
     [
         b"Connection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c",
         b"connection:upgrade,close\r\nupgrade: websocket",
+        b"Connection: Upgrade\r\nUpgrade: websocket",
+        b"Connection: close, upgrade\r\nUpgrade: websocket",
+        b"Connection:\tUpgrade\r\nConnection: UPGRADE\r\nUpgrade: websocket",
     ],
-    ids=["h2c", "websocket"],
+    ids=["h2c", "websocket", "alone", "last", "tab_and_twice"],
 )
 def test_a_post_asking_to_upgrade_is_served_as_http_1_1(
     stack: Stack, tenant: Tenant, audience_stub: Any, upgrade: bytes, piece: int | None

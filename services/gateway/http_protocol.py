@@ -41,9 +41,9 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # The blank line that ends a head (httptools also takes bare line feeds).
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 # A Connection header of a head, and the upgrade option in its value (a token, between
-# commas and spaces).
+# the colon, commas, spaces and the line's end).
 _CONNECTION = re.compile(rb"^connection[ \t]*:[^\r\n]*", re.IGNORECASE | re.MULTILINE)
-_UPGRADE_OPTION = re.compile(rb"(?<=[:, \t])upgrade(?=[, \t]|\Z)", re.IGNORECASE)
+_UPGRADE_OPTION = re.compile(rb"(?<=[:, \t])upgrade(?=[, \t\r\n]|\Z)", re.IGNORECASE)
 
 
 def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
