@@ -516,9 +516,9 @@ def test_a_request_that_is_not_http_gets_the_error_shape(stack: Stack, request_h
     [
         b"Connection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c",
         b"connection:upgrade,close\r\nupgrade: websocket",
-        b"Connection: Upgrade\r\nUpgrade: websocket",
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\nConnection: close",
         b"Connection: close, upgrade\r\nUpgrade: websocket",
-        b"Connection:\tUpgrade\r\nConnection: UPGRADE\r\nUpgrade: websocket",
+        b"Connection:\tUpgrade\r\nConnection: UPGRADE\r\nConnection: close",
     ],
     ids=["h2c", "websocket", "alone", "last", "tab_and_twice"],
 )
@@ -562,6 +562,27 @@ def test_a_pipelined_request_asking_to_upgrade_is_answered_503_not_400(
     assert stored[5101].member_count == stored[5102].member_count == 1
     # The request after it was never read: its sender gets no answer, and sends it again.
     assert 5103 not in stored
+
+
+@pytest.mark.parametrize("piece", [None, 65536], ids=["at_once", "in_pieces"])
+def test_a_request_answered_before_its_body_arrived_gets_one_answer(
+    stack: Stack, tenant: Tenant, audience_stub: Any, piece: int | None
+) -> None:
+    """The rest of the refused request's body is skipped, not read as the next head: the
+    request behind it on the connection is served."""
+    refused = b'{"padding": "%s"}' % (b"x" * 300_000)
+    head = b"POST /mparticle HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+    head += b"Authorization: Token %s\r\n" % MPARTICLE_TOKEN.encode()
+    first = head + b"Content-Length: %d\r\n\r\n" % len(refused) + refused
+    body = orjson.dumps(membership(tenant.api_key, profile("61", 6101, "After")))
+    head = b"POST /mparticle HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Authorization: Token %s\r\nConnection: close\r\n" % MPARTICLE_TOKEN.encode()
+    second = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    received = exchange(stack.gateway_url, first + second, piece)
+
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", received) == [b"415", b"200"], received[:600]
+    assert audiences(audience_stub)[6101].member_count == 1
 
 
 @pytest.mark.parametrize("piece", [None, 4096], ids=["at_once", "in_pieces"])

@@ -55,6 +55,8 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
             self._head_deadline: asyncio.TimerHandle | None = None
             # The head so far, while it arrives in pieces.
             self._head = bytearray()
+            # Whether httptools is inside a request's body, from the bytes so far.
+            self._in_body = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -113,13 +115,23 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._disarm_head_deadline()
             super().on_headers_complete()
+            self._in_body = True
+
+        def on_message_complete(self) -> None:
+            self._in_body = False
+            super().on_message_complete()
+            # Answered before its body had arrived (415, 413, 429...): the next head starts
+            # where the body ends.
+            if self.cycle.response_complete and not self.pipeline:
+                self._arm_head_deadline_if_open()
 
         def on_response_complete(self) -> None:
-            # A pipelined request waiting for its turn has its head already.
-            next_head_pending = not self.pipeline
+            # A pipelined request waiting for its turn has its head already, and the rest of
+            # a body still arriving is the parser's to skip, not a head.
+            next_head_pending = not self.pipeline and not self._in_body
             super().on_response_complete()
-            if next_head_pending and not self.transport.is_closing():
-                self._arm_head_deadline()
+            if next_head_pending:
+                self._arm_head_deadline_if_open()
 
         def _unsupported_upgrade_warning(self) -> None:
             # httptools met an upgrade in a pipelined request (one at the start of a head is
@@ -141,6 +153,10 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
             )
             self.transport.write(head + body)
             self.transport.close()
+
+        def _arm_head_deadline_if_open(self) -> None:
+            if not self.transport.is_closing():
+                self._arm_head_deadline()
 
         def _arm_head_deadline(self) -> None:
             self._disarm_head_deadline()
