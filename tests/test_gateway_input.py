@@ -5,6 +5,7 @@ import gzip
 import json
 import logging
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -426,6 +427,50 @@ def test_gzip_bodies_are_accepted(
 
     assert response.status_code == 200
     assert members(audience_stub) == set(range(20))
+
+
+@pytest.mark.parametrize("encoding", ["x-gzip", "GZip"])
+def test_x_gzip_is_gzip(
+    small_gateway: httpx.Client, tenant: Tenant, audience_stub: Any, encoding: str
+) -> None:
+    content = httpx.Request("POST", "/", json=big_membership(tenant, 3)).content
+
+    response = small_gateway.post(
+        "/mparticle", content=gzip.compress(content), headers={"Content-Encoding": encoding}
+    )
+
+    assert response.status_code == 200
+    assert members(audience_stub) == set(range(3))
+
+
+def test_an_empty_content_encoding_is_no_encoding(
+    small_gateway: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    response = small_gateway.post(
+        "/mparticle", json=big_membership(tenant, 3), headers={"Content-Encoding": ""}
+    )
+
+    assert response.status_code == 200
+    assert members(audience_stub) == set(range(3))
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_inflated_past_the_memory_budget(
+    stack: Stack,
+) -> None:
+    """The budget is taken as the body inflates: a bomb stops at the budget, not the cap."""
+    url = stack.start_gateway(memory_budget_bytes=4 * 1024 * 1024)
+    bomb = gzip.compress(b'{"type": "' + b" " * 60_000_000 + b'"}', compresslevel=9)
+    headers = {"Authorization": "Token test-mparticle-token", "Content-Encoding": "gzip"}
+
+    tracemalloc.start()
+    try:
+        response = httpx.post(f"{url}/mparticle", content=bomb, headers=headers, timeout=30)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert_error(response, 413, "body_too_large", None)
+    assert peak < 20_000_000
 
 
 def test_a_gzip_bomb_is_refused_within_the_cap(small_gateway: httpx.Client) -> None:

@@ -9,8 +9,12 @@ from services.gateway.errors import ApiError
 from services.gateway.memory import Reservation
 
 # Compressed bodies up to this size are inflated on the event loop; larger ones in a thread.
-_GUNZIP_ON_LOOP_BYTES = 64 * 1024
+# Deflate expands at most about 1,032 times, so that this is at most about 1 MiB inflated.
+_GUNZIP_ON_LOOP_BYTES = 1024
+# Compressed bytes fed at a time, and the most inflated at a time before it is taken from the
+# memory budget.
 _GUNZIP_CHUNK = 64 * 1024
+_GUNZIP_OUTPUT_STEP = 1024 * 1024
 
 
 class BodyTooLarge(Exception):
@@ -24,9 +28,15 @@ def check_media_type(request: Request) -> None:
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "the body must be application/json")
 
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip"):
+    if _encoding(request) not in ("identity", "gzip"):
         raise ApiError(415, "unsupported_encoding", "Content-Encoding must be gzip or identity")
+
+
+def _encoding(request: Request) -> str:
+    """The body's content coding: an empty header is none, and x-gzip is gzip (RFC 9110,
+    8.4.1.3)."""
+    encoding = request.headers.get("content-encoding", "").strip().lower() or "identity"
+    return "gzip" if encoding == "x-gzip" else encoding
 
 
 async def read_body(
@@ -52,16 +62,13 @@ async def read_body(
     except TimeoutError:
         raise ApiError(408, "body_timeout", "the body did not arrive in time") from None
 
-    if request.headers.get("content-encoding", "").strip().lower() != "gzip":
+    if _encoding(request) != "gzip":
         return body
     if len(body) <= _GUNZIP_ON_LOOP_BYTES:
-        inflated = _gunzip(body, limit)
-    else:
-        # Inflating megabytes takes a while: off the event loop, so that other requests and
-        # the probes are answered meanwhile.
-        inflated = await asyncio.to_thread(_gunzip, body, limit)
-    memory.take(len(inflated))
-    return inflated
+        return _gunzip(body, limit, memory)
+    # Inflating megabytes takes a while: off the event loop, so that other requests and the
+    # probes are answered meanwhile.
+    return await asyncio.to_thread(_gunzip, body, limit, memory)
 
 
 async def _read_stream(request: Request, limit: int, memory: Reservation | None) -> bytes:
@@ -89,8 +96,9 @@ async def _take_or_discard(request: Request, memory: Reservation, size: int) -> 
         raise
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
-    """Inflate every gzip member of ``body``, never producing more than ``limit`` bytes.
+def _gunzip(body: bytes, limit: int, memory: Reservation) -> bytes:
+    """Inflate every gzip member of ``body``, never producing more than ``limit`` bytes, and
+    taking what it produces from ``memory`` as it goes.
 
     The input is fed in chunks, so that what is left over at the end of each member is at
     most a chunk: a body of many tiny members costs time in proportion to its size.
@@ -98,27 +106,32 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     view = memoryview(body)
     position = 0
     pending: bytes | memoryview = b""
+    # Whether zlib may hold inflated bytes back, the last output having filled its step.
+    held_back = False
     inflater = None
     output: list[bytes] = []
     size = members = 0
-    while pending or position < len(body):
-        if not pending:
+    while pending or held_back or position < len(body):
+        if not pending and not held_back:
             pending = view[position : position + _GUNZIP_CHUNK]
             position += len(pending)
         inflater = inflater or zlib.decompressobj(wbits=31)
+        step = min(_GUNZIP_OUTPUT_STEP, limit + 1 - size)
         try:
-            inflated = inflater.decompress(pending, limit + 1 - size)
+            inflated = inflater.decompress(pending, step)
         except zlib.error:
             raise ApiError(400, "invalid_gzip", "the body is not valid gzip") from None
         size += len(inflated)
-        if size > limit or inflater.unconsumed_tail:
+        if size > limit:
             raise BodyTooLarge
+        memory.take(len(inflated))
         output.append(inflated)
+
         if inflater.eof:
             members += 1
-            pending, inflater = inflater.unused_data, None
+            pending, inflater, held_back = inflater.unused_data, None, False
         else:
-            pending = b""
+            pending, held_back = inflater.unconsumed_tail, len(inflated) == step
 
     if inflater is not None:
         raise ApiError(400, "invalid_gzip", "the gzip body is truncated")
