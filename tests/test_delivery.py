@@ -126,6 +126,28 @@ def test_a_newer_add_after_a_removal_brings_the_audience_back(
     assert is_member(audience_stub, "acme", 1, 9)
 
 
+def test_changes_older_than_a_removal_stay_undone_after_the_audience_is_added_again(
+    http: httpx.Client, tenant: Tenant, audience_stub: Any
+) -> None:
+    post(http, subscription_message(tenant.api_key, 1_000, "add", "One"))
+    post(http, membership_message(tenant.api_key, 2_000, [(1, 7, "add"), (1, 8, "add")]))
+    post(http, membership_message(tenant.api_key, 2_500, [(1, 7, "delete")]))
+    post(http, subscription_message(tenant.api_key, 3_000, "remove", "One"))
+    post(http, subscription_message(tenant.api_key, 5_000, "add", "One again"))
+    post(http, membership_message(tenant.api_key, 5_500, [(1, 9, "add")]))
+
+    # The first batch, delivered again late: the removal undid it.
+    post(http, membership_message(tenant.api_key, 2_000, [(1, 7, "add"), (1, 8, "add")]))
+
+    assert not is_member(audience_stub, "acme", 1, 7)
+    assert not is_member(audience_stub, "acme", 1, 8)
+    assert is_member(audience_stub, "acme", 1, 9)
+    [audience] = audience_stub.ListAudiences(
+        audience_pb2.ListAudiencesRequest(account_id="acme")
+    ).audiences
+    assert (audience.name, audience.member_count) == ("One again", 1)
+
+
 EVENT = st.tuples(
     st.sampled_from([1, 2]),
     st.sampled_from([-(2**63), -1, 2**63 - 1]),

@@ -22,7 +22,8 @@ of the others, all in that slot.
                                   tombstones
   au:gone-pos:{A}          hash   "<iid>:<g>" -> next tombstone hash to free
   au:gone-accounts         set    accounts that may have tombstones (single-key use)
-  au:removed:{A}           hash   audience id -> source time (ms) of its last removal
+  au:removed:{A}           hash   audience id -> source time (ms) of its last removal (kept
+                                  when the audience is added again)
   au:gc:{A}                list   incarnations of removed audiences waiting for cleanup
   au:gcpos:{A}             hash   incarnation id -> next bucket to clean
   au:gc-accounts           set    accounts whose au:gc list is not empty (single-key use)

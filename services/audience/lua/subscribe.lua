@@ -25,7 +25,8 @@ if not redis.call('HGET', KEYS[1], audience) then
   redis.call('HSET', 'au:live:' .. tag, iid, audience)
 end
 
-redis.call('HDEL', removals, audience)
+-- The removal's time stays: changes older than it, arriving late, were undone by it and
+-- must not come back into the audience added again.
 local connectors = redis.call('HGET', meta, 'connectors') or ''
 if not string.find(' ' .. connectors .. ' ', ' ' .. connector .. ' ', 1, true) then
   connectors = connectors == '' and connector or connectors .. ' ' .. connector
