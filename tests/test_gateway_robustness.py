@@ -488,6 +488,36 @@ def test_a_connection_whose_request_head_stalls_is_closed(stack: Stack, sent: by
     assert received.count(b"HTTP/1.1 200") == sent.count(b"/healthz")
 
 
+def test_a_body_answered_early_and_then_trickled_is_cut_off(stack: Stack) -> None:
+    """After a 415, the rest of the body and the next head share the head's deadline: a
+    sender trickling bytes cannot hold the connection."""
+    url = httpx.URL(stack.start_gateway(header_timeout_seconds=0.5))
+    head = b"POST /mparticle HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+    head += b"Content-Length: 1000000\r\n\r\n{"
+
+    with socket.create_connection((url.host, url.port), timeout=5) as connection:
+        connection.sendall(head)
+        answer = connection.recv(65536)
+        closed = False
+        for _ in range(50):
+            time.sleep(0.1)
+            try:
+                connection.sendall(b" ")
+                connection.setblocking(False)
+                closed = connection.recv(65536) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+            finally:
+                connection.setblocking(True)
+            if closed:
+                break
+
+    assert answer.startswith(b"HTTP/1.1 415")
+    assert closed
+
+
 @pytest.mark.parametrize(
     "request_head",
     [

@@ -67,7 +67,8 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._head_deadline is not None:
+            # While a body answered early still arrives, its bytes are the parser's to skip.
+            if self._head_deadline is not None and not self._in_body:
                 data = self._through_head(data)
                 if not data:
                     return
@@ -121,14 +122,14 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
             self._in_body = False
             super().on_message_complete()
             # Answered before its body had arrived (415, 413, 429...): the next head starts
-            # where the body ends.
+            # where the body ends, with a deadline of its own.
             if self.cycle.response_complete and not self.pipeline:
                 self._arm_head_deadline_if_open()
 
         def on_response_complete(self) -> None:
-            # A pipelined request waiting for its turn has its head already, and the rest of
-            # a body still arriving is the parser's to skip, not a head.
-            next_head_pending = not self.pipeline and not self._in_body
+            # A pipelined request waiting for its turn has its head already. The rest of a
+            # body answered early, and the next head, must arrive within the deadline.
+            next_head_pending = not self.pipeline
             super().on_response_complete()
             if next_head_pending:
                 self._arm_head_deadline_if_open()
