@@ -33,6 +33,8 @@ _LOGGER = logging.getLogger("services.__main__")
 
 # Start order; they stop in the reverse order.
 SERVICES = ("keys", "audience", "segment", "gateway")
+# The gRPC services, whose callers (the other services, audiencectl) find them at *_TARGET.
+GRPC_SERVICES = ("keys", "audience", "segment")
 STOP_TIMEOUT_SECONDS = 30
 
 
@@ -161,9 +163,31 @@ def _service_settings(env: dict[str, str]) -> dict[str, Any]:
     return {name: cls.from_env(environ) for name, cls in classes.items()}
 
 
+def _with_local_targets(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with each gRPC service's address for its callers taken from the port it is
+    given (``KEYS_PORT=51051`` alone moves the keys service and its callers), unless set."""
+    targets = {}
+    for name in GRPC_SERVICES:
+        port = env.get(f"{name.upper()}_PORT")
+        if port and f"{name.upper()}_TARGET" not in env:
+            targets[f"{name.upper()}_TARGET"] = f"127.0.0.1:{port}"
+    return env | targets
+
+
+def _non_default_targets(env: dict[str, str]) -> str:
+    """What audiencectl needs to be told, in another terminal, to find this suite."""
+    defaults = {"KEYS_TARGET": "50051", "AUDIENCE_TARGET": "50052", "SEGMENT_TARGET": "50053"}
+    moved = {
+        variable: env[variable]
+        for variable, port in defaults.items()
+        if variable in env and env[variable] != f"127.0.0.1:{port}"
+    }
+    return " ".join(f"{variable}={target}" for variable, target in moved.items())
+
+
 def main() -> int:
     parent = os.getppid()
-    env = dict(os.environ)
+    env = _with_local_targets(dict(os.environ))
     try:
         settings = RunSettings.from_env()
         suite = Suite(settings, env)
@@ -188,11 +212,14 @@ def main() -> int:
     try:
         if suite.wait_until_ready():
             url = suite.gateway_url()
-            _LOGGER.info("suite ready; Ctrl-C stops it", extra={"gateway": f"{url}/mparticle"})
+            ready: dict[str, str] = {"gateway": f"{url}/mparticle"}
+            if moved := _non_default_targets(env):
+                ready["audiencectl_env"] = moved
+            _LOGGER.info("suite ready; Ctrl-C stops it", extra=ready)
         elif not suite.stop_requested and not suite.failed():
             _LOGGER.warning(
-                "the suite is not ready yet: check that the Redis at REDIS_URL answers "
-                "(see the services' health lines above)"
+                "the suite is not ready yet: GET /readyz names the part that is not, and "
+                "the services' lines above say why (Redis at REDIS_URL, a *_TARGET...)"
             )
         while not suite.stop_requested:
             if os.getppid() != parent:

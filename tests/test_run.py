@@ -32,8 +32,9 @@ def suite_env(tmp_path: Path) -> dict[str, str]:
         AUDIENCE_METRICS_PORT=str(free_port()),
         SEGMENT_METRICS_PORT=str(free_port()),
     )
-    env["KEYS_TARGET"] = f"127.0.0.1:{env['KEYS_PORT']}"
-    env["AUDIENCE_TARGET"] = f"127.0.0.1:{env['AUDIENCE_PORT']}"
+    # No *_TARGET: the run points each service's callers at the port it is given.
+    for variable in ("KEYS_TARGET", "AUDIENCE_TARGET", "SEGMENT_TARGET"):
+        env.pop(variable, None)
     return env
 
 
@@ -89,6 +90,13 @@ def test_suite_starts_serves_and_stops_cleanly(suite_env: dict[str, str], signum
     assert registration.status_code == 200
     assert process.returncode == 0, output
     assert "suite stopped" in _log_messages(output)
+    # Ready (which needs the gateway's upstreams), and audiencectl told where they are.
+    [ready] = [line for line in _log_lines(output) if line["message"].startswith("suite ready")]
+    assert ready["audiencectl_env"] == (
+        f"KEYS_TARGET=127.0.0.1:{suite_env['KEYS_PORT']} "
+        f"AUDIENCE_TARGET=127.0.0.1:{suite_env['AUDIENCE_PORT']} "
+        f"SEGMENT_TARGET=127.0.0.1:{suite_env['SEGMENT_PORT']}"
+    )
     # Redis kept its data in the run's data folder.
     assert (Path(suite_env["RUN_DATA_DIR"]) / "redis").is_dir()
     for port in ("KEYS_PORT", "AUDIENCE_PORT", "SEGMENT_PORT", "GATEWAY_PORT"):
@@ -122,13 +130,13 @@ def test_the_wheel_copy_in_an_activated_environment_does_not_hide_the_system_red
     assert find_redis_server() == str(system)
 
 
+def _log_lines(output: str) -> list[dict[str, Any]]:
+    """The JSON log lines in ``output`` (Redis prints plain lines too)."""
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
 def _log_messages(output: str) -> list[str]:
-    """The messages of the JSON log lines in ``output`` (Redis prints plain lines too)."""
-    messages = []
-    for line in output.splitlines():
-        if line.startswith("{"):
-            messages.append(json.loads(line).get("message", ""))
-    return messages
+    return [line.get("message", "") for line in _log_lines(output)]
 
 
 def test_a_taken_port_stops_a_service_with_one_clear_line() -> None:
