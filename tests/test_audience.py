@@ -370,3 +370,54 @@ def test_tombstones_are_freed_in_bounded_steps_once_no_change_reads_them(
         assert freed == 0 and accounts == set()
 
     asyncio.run(scenario())
+
+
+def test_due_tombstones_are_found_among_many_listed_ones_and_earlier_listings_are_taken_over(
+    redis_server: Any,
+) -> None:
+    """The cleanup reads what is due, a budget at a time, not every pair the account lists;
+    pairs listed in the set of earlier versions are moved over and freed as well."""
+    hour = 3600 * 1000
+    start = 1_767_268_800_000
+    generation = start // hour
+
+    async def scenario() -> None:
+        client = redis.asyncio.Redis(port=redis_server.port, db=1)
+        now = [start]
+        store = AudienceStore(client, ordering_window_seconds=3600, clock=lambda: now[0])
+        # An earlier version's listing: a pair of the generation before, with two hashes.
+        earlier = f"9999:{generation - 1}"
+        await client.sadd("au:gone-gens:{acme}", earlier)
+        for bucket in (0, 1):
+            await client.hset(f"au:gone:{{acme}}:{earlier}:{bucket}", "1", "1")
+        await client.sadd(TOMBSTONE_ACCOUNTS, "acme")
+        # 600 audiences with removals in this generation: listed, not due for two more.
+        await store.apply_changes(
+            "acme", "con_1", [(a, f"A{a}", [], [a]) for a in range(1, 601)], start
+        )
+
+        async def free_all() -> int:
+            steps = 1
+            while await store.free_old_tombstones(budget=256):
+                steps += 1
+            return steps
+
+        now[0] = start + hour + CLOCK_MARGIN_MS
+        earlier_steps = await free_all()
+        kept = len(await client.keys("au:gone:*"))
+        listed = await client.zcard("au:gone-due:{acme}")
+        earlier_left = await client.exists("au:gone-gens:{acme}")
+
+        now[0] = start + 2 * hour + CLOCK_MARGIN_MS
+        steps = await free_all()
+        freed = len(await client.keys("au:gone:*"))
+        accounts = await client.smembers(TOMBSTONE_ACCOUNTS)
+        await client.aclose()
+
+        assert (kept, listed, earlier_left) == (600, 600, 0)
+        assert freed == 0 and accounts == set()
+        # 4096 hashes a pair, 256 a step.
+        assert earlier_steps == TOMBSTONE_HASHES // 256
+        assert steps == 600 * TOMBSTONE_HASHES // 256
+
+    asyncio.run(scenario())

@@ -18,8 +18,10 @@ of the others, all in that slot.
   au:gone:{A}:<iid>:<g>:<b> hash  MPID -> source time (ms) of its removal from the audience,
                                   for removals applied in ordering generation g; b is the
                                   MPID's bucket
-  au:gone-gens:{A}         set    "<iid>:<g>" for each incarnation and generation that has
-                                  tombstones
+  au:gone-due:{A}          zset   "<iid>:<g>" for each incarnation and generation that has
+                                  tombstones, scored by g
+  au:gone-gens:{A}         set    the same, as earlier versions listed them (emptied into
+                                  au:gone-due by the cleanup)
   au:gone-pos:{A}          hash   "<iid>:<g>" -> next tombstone hash to free
   au:gone-accounts         set    accounts that may have tombstones (single-key use)
   au:removed:{A}           hash   audience id -> source time (ms) of its last removal (kept
@@ -317,13 +319,14 @@ class AudienceStore:
             account_id = account.decode()
             tag = _tag(account_id)
             waiting, listed = await self._tombstone_cleanup(
-                keys=[f"au:gone-gens:{tag}"], args=[tag, oldest_read, budget, TOMBSTONE_HASHES]
+                keys=[f"au:gone-due:{tag}", f"au:gone-gens:{tag}"],
+                args=[tag, oldest_read, budget, TOMBSTONE_HASHES],
             )
             pending += waiting
             if listed == 0:
                 await self._redis.srem(TOMBSTONE_ACCOUNTS, account_id)
                 # A step may have written tombstones between the script and the SREM.
-                if await self._redis.scard(f"au:gone-gens:{tag}"):
+                if await self._redis.zcard(f"au:gone-due:{tag}"):
                     await self._redis.sadd(TOMBSTONE_ACCOUNTS, account_id)
                 self._listed_tombstones.pop(account_id, None)
         return pending

@@ -11,8 +11,8 @@
 --
 -- Ordering: a member's field in its user hash holds the source time of the change that
 -- made it a member; a deletion leaves a tombstone (MPID -> source time) in a hash of the
--- current generation, au:gone:{A}:<iid>:<generation>:<bucket>; au:gone-gens:{A} lists the
--- (incarnation, generation) pairs that have tombstones, which the cleanup loop frees once
+-- current generation, au:gone:{A}:<iid>:<generation>:<bucket>; au:gone-due:{A} lists the
+-- (incarnation, generation) pairs that have tombstones, by generation, which the cleanup loop frees once
 -- two generations old (tombstone_cleanup.lua), so that no write pays for an expiry. A
 -- change older than the stamp or tombstone it finds is ignored. While a step is at least as
 -- new as every change its audience has seen (the audience's high-water mark, "hw"), nothing
@@ -24,7 +24,7 @@ local check_previous = time_value <= tonumber(ARGV[7])
 local idx = KEYS[1]
 local users = 'au:usr:' .. tag .. ':'
 local removals = 'au:removed:' .. tag
-local generations = 'au:gone-gens:' .. tag
+local generations = 'au:gone-due:' .. tag
 local added, removed, stale, tombstones = 0, 0, 0, 0
 
 local function words(text)
@@ -152,7 +152,7 @@ for a = 0, count - 1 do
       if time_value > deleted_water then
         redis.call('HSET', meta, 'dhw', source_time)
       end
-      redis.call('SADD', generations, iid .. ':' .. generation)
+      redis.call('ZADD', generations, generation, iid .. ':' .. generation)
       tombstones = 1
     end
     if delta_added + delta_removed > 0 then
