@@ -351,12 +351,13 @@ def _steps(changes: Changes, size: int) -> Iterator[Changes]:
     step: Changes = []
     room = size
     for audience_id, name, adds, deletes in changes:
-        adds, deletes = list(adds), list(deletes)
-        while adds or deletes:
-            take_adds = adds[:room]
-            take_deletes = deletes[: room - len(take_adds)]
+        # Positions in the lists, so that each step copies only what it takes.
+        added = deleted = 0
+        while added < len(adds) or deleted < len(deletes):
+            take_adds = adds[added : added + room]
+            take_deletes = deletes[deleted : deleted + room - len(take_adds)]
             step.append((audience_id, name, take_adds, take_deletes))
-            adds, deletes = adds[len(take_adds) :], deletes[len(take_deletes) :]
+            added, deleted = added + len(take_adds), deleted + len(take_deletes)
             room -= len(take_adds) + len(take_deletes)
             if room == 0:
                 yield step
