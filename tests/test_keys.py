@@ -1,5 +1,6 @@
 """The keys service over real gRPC, on a real Redis."""
 
+import logging
 from typing import Any, cast
 
 import grpc
@@ -120,3 +121,15 @@ def test_malformed_account_ids_are_invalid(keys_stub: Any, account: str) -> None
     )
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_an_over_long_account_id_is_cut_in_the_log_line(
+    keys_stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    error = rpc_error(keys_stub.ListKeys, keys_pb2.ListKeysRequest(account_id="Z" * 100_000))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [line] = [r for r in caplog.records if getattr(r, "method", "").endswith("/ListKeys")]
+    assert line.account == "Z" * 64 + "..."

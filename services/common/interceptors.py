@@ -66,7 +66,7 @@ def _wrap(method: str, behavior: Behavior) -> Behavior:
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         token = logs.request_id.set(_request_id(context))
-        account_token = logs.account.set(getattr(request, "account_id", ""))
+        account_token = logs.account.set(_shown_account(getattr(request, "account_id", "")))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -98,6 +98,12 @@ def _wrap(method: str, behavior: Behavior) -> Behavior:
             logs.request_id.reset(token)
 
     return handle
+
+
+def _shown_account(account_id: str) -> str:
+    """The account as log lines show it: a valid id is at most 64 characters, and one sent
+    that is not is cut there, so that a request cannot make its own log line huge."""
+    return account_id if len(account_id) <= 64 else account_id[:64] + "..."
 
 
 def _log_rpc(method: str, code: grpc.StatusCode, elapsed: float) -> None:
