@@ -1,6 +1,7 @@
 """The audience service over real gRPC, on a real Redis."""
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, cast
@@ -199,6 +200,37 @@ def test_contract_violations_are_invalid_and_change_nothing(
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert redis_client.keys("au:*") == []
+
+
+_BUSY_SCRIPT = """
+local started = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - started[1]) * 1000000 + (now[2] - started[2]) > 1500000 then return 1 end
+end
+"""
+
+
+def test_a_busy_redis_is_unavailable_not_internal(
+    audience_stub: Any, redis_client: redis.Redis
+) -> None:
+    """Redis answers BUSY while another client's script runs past busy-reply-threshold: a
+    passing fault, answered UNAVAILABLE like an unreachable server."""
+    threshold = redis_client.config_get("busy-reply-threshold")["busy-reply-threshold"]
+    redis_client.config_set("busy-reply-threshold", 10)
+    request = audience_pb2.GetUserAudiencesRequest(account_id="acme", mpid=1)
+    busy = threading.Thread(target=redis_client.eval, args=(_BUSY_SCRIPT, 0))
+    try:
+        busy.start()
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as raised:
+            audience_stub.GetUserAudiences(request, timeout=5)
+    finally:
+        busy.join()
+        redis_client.config_set("busy-reply-threshold", threshold)
+
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert audience_stub.GetUserAudiences(request, timeout=5).audience_ids == []
 
 
 def test_subscription_needs_a_name_and_an_action(audience_stub: Any) -> None:

@@ -60,10 +60,9 @@ async def _in_steps(step: Callable[[], Awaitable[int]], idle_seconds: float, fai
     while True:
         try:
             pending = await step()
-        except redis_helpers.TRANSIENT_ERRORS:
-            pending = 0
-        except Exception:
-            _LOGGER.exception(failed)
+        except Exception as exc:
+            if not redis_helpers.is_transient(exc):
+                _LOGGER.exception(failed)
             pending = 0
 
         await asyncio.sleep(0 if pending else idle_seconds)

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from services.common import logs, metrics
-from services.common.redis import TRANSIENT_ERRORS
+from services.common.redis import is_transient
 from services.common.rpc import abort
 
 _LOGGER = logging.getLogger(__name__)
@@ -77,15 +77,15 @@ def _wrap(method: str, behavior: Behavior) -> Behavior:
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                code = grpc.StatusCode.INTERNAL
+                _LOGGER.exception("unexpected error")
+                await abort(context, code, "internal error")
             code = grpc.StatusCode.UNAVAILABLE
             metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
             _LOGGER.warning("storage unavailable", extra={"error": type(exc).__name__})
             await abort(context, code, "storage unavailable, retry later")
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            _LOGGER.exception("unexpected error")
-            await abort(context, code, "internal error")
         finally:
             elapsed = time.perf_counter() - started
             counter = handled.get(code)

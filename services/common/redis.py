@@ -14,9 +14,18 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.BusyLoadingError,
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
+    redis.exceptions.MasterDownError,
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.ReadOnlyError,
 )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` means the store cannot take this right now (see TRANSIENT_ERRORS)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    # A script running past busy-reply-threshold: redis-py has no class of its own for it.
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("BUSY ")
 
 
 def connect(
