@@ -216,7 +216,9 @@ def test_a_busy_redis_is_unavailable_not_internal(
 ) -> None:
     """Redis answers BUSY while another client's script runs past busy-reply-threshold: a
     passing fault, answered UNAVAILABLE like an unreachable server."""
-    threshold = redis_client.config_get("busy-reply-threshold")["busy-reply-threshold"]
+    threshold = cast(dict[str, str], redis_client.config_get("busy-reply-threshold"))[
+        "busy-reply-threshold"
+    ]
     redis_client.config_set("busy-reply-threshold", 10)
     request = audience_pb2.GetUserAudiencesRequest(account_id="acme", mpid=1)
     busy = threading.Thread(target=redis_client.eval, args=(_BUSY_SCRIPT, 0))
