@@ -224,7 +224,13 @@ def test_a_busy_redis_is_unavailable_not_internal(
     busy = threading.Thread(target=redis_client.eval, args=(_BUSY_SCRIPT, 0))
     try:
         busy.start()
-        time.sleep(0.3)
+        # Until Redis answers BUSY to everyone else.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                redis_client.ping()
+            except redis.ResponseError:
+                break
         with pytest.raises(grpc.RpcError) as raised:
             audience_stub.GetUserAudiences(request, timeout=5)
     finally:
