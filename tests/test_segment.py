@@ -74,6 +74,19 @@ def test_connectors_list_get_and_delete(segment_stub: Any) -> None:
     create(segment_stub, "Web")
 
 
+@pytest.mark.parametrize("connector_id", ["", "a b", "a}b{", "x" * 65])
+@pytest.mark.parametrize("rpc", ["GetConnector", "DeleteConnector"])
+def test_malformed_connector_ids_are_invalid(
+    segment_stub: Any, rpc: str, connector_id: str
+) -> None:
+    request = getattr(segment_pb2, f"{rpc}Request")(account_id="acme", connector_id=connector_id)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        getattr(segment_stub, rpc)(request)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_segments_group_non_empty_audiences_by_connector(
     segment_stub: Any, audience_stub: Any
 ) -> None:

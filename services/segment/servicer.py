@@ -57,6 +57,7 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
         self, request: segment_pb2.GetConnectorRequest, context: grpc.aio.ServicerContext
     ) -> segment_pb2.GetConnectorResponse:
         await require_id(context, "account_id", request.account_id)
+        await require_id(context, "connector_id", request.connector_id)
 
         record = await self._store.get(request.account_id, request.connector_id)
         if record is None:
@@ -67,6 +68,7 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
         self, request: segment_pb2.DeleteConnectorRequest, context: grpc.aio.ServicerContext
     ) -> segment_pb2.DeleteConnectorResponse:
         await require_id(context, "account_id", request.account_id)
+        await require_id(context, "connector_id", request.connector_id)
 
         if not await self._store.delete(request.account_id, request.connector_id):
             await abort(context, grpc.StatusCode.NOT_FOUND, "the account has no such connector")
