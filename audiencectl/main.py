@@ -5,6 +5,7 @@ go to stderr. ``--json`` prints every answer as the proto's JSON form instead.
 """
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,9 +52,12 @@ class Context:
                     f"{service} ({self.targets[service]}): {code.name}: {details}"
                 ) from None
 
-    def emit(self, message: Message, human: Callable[[], None]) -> None:
+    def emit(
+        self, message: Message, human: Callable[[], None], extra: dict[str, Any] | None = None
+    ) -> None:
+        """``message`` as JSON (with ``extra``'s fields beside its own) or for people."""
         if self.as_json:
-            click.echo(json.dumps(_to_json(message), indent=2))
+            click.echo(json.dumps(_to_json(message) | (extra or {}), indent=2))
         else:
             human()
 
@@ -75,7 +79,31 @@ def pass_context(command: Callable[..., None]) -> Callable[..., None]:
     return json_option(click.make_pass_decorator(Context)(command))
 
 
-account_option = click.option("--account", required=True, help="Account id.")
+class _Text(click.ParamType):
+    """Text the services can be sent: UTF-8 (a shell can pass bytes that are not)."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            str(value).encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail("must be UTF-8 text", param, ctx)
+        return str(value)
+
+
+TEXT = _Text()
+# The ranges of the proto fields: audience ids are int32 above 0, MPIDs signed 64-bit.
+AUDIENCE_ID = click.IntRange(1, 2**31 - 1)
+MPID = click.IntRange(-(2**63), 2**63 - 1)
+
+account_option = click.option("--account", required=True, type=TEXT, help="Account id.")
+
+
+def _seconds(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    if not (math.isfinite(value) and 0 < value <= 3600):
+        raise click.BadParameter("must be a number of seconds above 0, at most 3600")
+    return value
 
 
 @click.group()
@@ -103,7 +131,13 @@ account_option = click.option("--account", required=True, help="Account id.")
     show_default=True,
     help="segment service address [env SEGMENT_TARGET]",
 )
-@click.option("--timeout", default=5.0, show_default=True, help="Deadline of each call, seconds.")
+@click.option(
+    "--timeout",
+    default=5.0,
+    show_default=True,
+    callback=_seconds,
+    help="Deadline of each call, seconds.",
+)
 @click.option(
     "--json",
     "as_json",
@@ -132,7 +166,7 @@ def keys() -> None:
 
 @keys.command("create")
 @account_option
-@click.option("--connector", required=True, help="Connector id the key sends to.")
+@click.option("--connector", required=True, type=TEXT, help="Connector id the key sends to.")
 @pass_context
 def keys_create(ctx: Context, account: str, connector: str) -> None:
     """Create a key; prints it once (only its hash is kept)."""
@@ -182,7 +216,7 @@ def keys_list(ctx: Context, account: str) -> None:
 
 @keys.command("revoke")
 @account_option
-@click.argument("key_id")
+@click.argument("key_id", type=TEXT)
 @pass_context
 def keys_revoke(ctx: Context, account: str, key_id: str) -> None:
     """Revoke a key for good, by its id or its prefix (ak_<id>), as `keys list` shows them."""
@@ -200,7 +234,7 @@ def connectors() -> None:
 
 @connectors.command("create")
 @account_option
-@click.option("--name", required=True, help="Name shown in the segment builder.")
+@click.option("--name", required=True, type=TEXT, help="Name shown in the segment builder.")
 @pass_context
 def connectors_create(ctx: Context, account: str, name: str) -> None:
     """Create a connector; prints its id."""
@@ -231,7 +265,7 @@ def connectors_list(ctx: Context, account: str) -> None:
 
 @connectors.command("delete")
 @account_option
-@click.argument("connector_id")
+@click.argument("connector_id", type=TEXT)
 @click.option("--keep-keys", is_flag=True, help="Do not revoke the connector's keys.")
 @pass_context
 def connectors_delete(ctx: Context, account: str, connector_id: str, keep_keys: bool) -> None:
@@ -248,12 +282,12 @@ def connectors_delete(ctx: Context, account: str, connector_id: str, keep_keys: 
         for key in listing.keys:
             if key.connector_id == connector_id and not key.revoked_at_ms:
                 request = keys_pb2.RevokeKeyRequest(account_id=account, key_id=key.key_id)
-                revoked.append(ctx.call("keys", "RevokeKey", request).key.prefix)
+                revoked.append(ctx.call("keys", "RevokeKey", request).key.key_id)
 
     def human() -> None:
         click.echo(f"Connector {connector_id} deleted; keys revoked: {len(revoked)}.")
 
-    ctx.emit(reply, human)
+    ctx.emit(reply, human, {"revoked_key_ids": revoked})
 
 
 @cli.group()
@@ -290,12 +324,10 @@ def users() -> None:
 
 @users.command("audiences")
 @account_option
-@click.option("--mpid", required=True, type=int, help="mParticle ID (signed 64-bit).")
+@click.option("--mpid", required=True, type=MPID, help="mParticle ID (signed 64-bit).")
 @pass_context
 def users_audiences(ctx: Context, account: str, mpid: int) -> None:
     """The audiences an MPID is in."""
-    if not -(2**63) <= mpid < 2**63:
-        raise click.BadParameter("must be a signed 64-bit integer", param_hint="--mpid")
     reply = ctx.call(
         "audience",
         "GetUserAudiences",
@@ -335,7 +367,7 @@ def audiences_list(ctx: Context, account: str) -> None:
 
 @audiences.command("members")
 @account_option
-@click.option("--audience", "audience_id", required=True, type=int, help="Audience id.")
+@click.option("--audience", "audience_id", required=True, type=AUDIENCE_ID, help="Audience id.")
 @pass_context
 def audiences_members(ctx: Context, account: str, audience_id: int) -> None:
     """Every MPID in an audience, one per line (with --json, one JSON string per line: JSON

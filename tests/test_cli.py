@@ -4,6 +4,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from audiencectl.main import cli
@@ -120,3 +121,47 @@ def test_a_key_is_revoked_by_its_id_or_its_prefix(stack: Stack) -> None:
     assert by_id.exit_code == 0 and by_prefix.exit_code == 0
     listed = json.loads(run(stack, "--json", "keys", "list", "--account", "acme").stdout)
     assert all(int(k["revoked_at_ms"]) > 0 for k in listed["keys"])
+
+
+def test_connector_delete_in_json_lists_the_keys_it_revoked(stack: Stack) -> None:
+    connector_id = run(stack, "connectors", "create", "--account", "acme", "--name", "Web")
+    connector_id = connector_id.stdout.strip()
+    created = run(
+        stack, "--json", "keys", "create", "--account", "acme", "--connector", connector_id
+    )
+
+    deleted = run(stack, "--json", "connectors", "delete", "--account", "acme", connector_id)
+
+    assert json.loads(deleted.stdout) == {
+        "revoked_key_ids": [json.loads(created.stdout)["key"]["key_id"]]
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("audiences", "members", "--account", "acme", "--audience", "4294967296"),
+        ("audiences", "members", "--account", "acme", "--audience", "0"),
+        ("users", "audiences", "--account", "acme", "--mpid", str(2**63)),
+        ("keys", "list", "--account", "\udcff"),
+        ("connectors", "create", "--account", "acme", "--name", "\udcff"),
+        ("--timeout", "nan", "keys", "list", "--account", "acme"),
+        ("--timeout", "0", "keys", "list", "--account", "acme"),
+        ("--timeout", "inf", "keys", "list", "--account", "acme"),
+    ],
+    ids=[
+        "audience_too_big",
+        "audience_zero",
+        "mpid_too_big",
+        "account_not_utf8",
+        "name_not_utf8",
+        "timeout_nan",
+        "timeout_zero",
+        "timeout_inf",
+    ],
+)
+def test_bad_arguments_are_usage_errors_not_tracebacks(stack: Stack, args: tuple[str, ...]) -> None:
+    result = run(stack, *args)
+
+    assert result.exit_code == 2
+    assert "Error: Invalid value" in result.stderr
