@@ -72,7 +72,9 @@ class SegmentServiceServicer:
 
     def CreateConnector(self, request, context):
         """Creates a connector. ALREADY_EXISTS when the account has a connector of that name;
-        INVALID_ARGUMENT for an empty or over-long name or a malformed account_id.
+        INVALID_ARGUMENT for an empty or over-long name or a malformed account_id. After
+        UNAVAILABLE the connector may exist all the same: a retry answered ALREADY_EXISTS
+        finds it in ListConnectors by its name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
