@@ -87,6 +87,37 @@ def test_malformed_connector_ids_are_invalid(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_segments_list_whatever_the_size_of_the_audiences_settings(
+    segment_stub: Any, audience_stub: Any
+) -> None:
+    """The largest settings the gateway takes (100 of 4096 characters), on audiences whose
+    whole listing is over the 64 MiB a gRPC answer may hold: the segment list has no need
+    of them, and leaves them out."""
+    web = create(segment_stub, "Web")
+    # 4-byte characters: 3.3 MB of settings an audience, 75 MB for the 23.
+    settings = {f"{i:04}" + "\U0001f600" * 4092: "\U0001f600" * 4096 for i in range(100)}
+    for audience_id in range(1, 24):
+        audience_stub.ApplySubscription(
+            audience_pb2.ApplySubscriptionRequest(
+                account_id="acme",
+                connector_id=web.connector_id,
+                action=audience_pb2.SUBSCRIPTION_ACTION_ADD,
+                audience_id=audience_id,
+                audience_name=f"A{audience_id}",
+                settings=settings,
+            ),
+            timeout=30,
+        )
+        add_members(audience_stub, web.connector_id, audience_id, f"A{audience_id}", [7])
+
+    reply = segment_stub.ListSegments(
+        segment_pb2.ListSegmentsRequest(account_id="acme"), timeout=30
+    )
+
+    [listed] = reply.connectors
+    assert sorted(s.audience_id for s in listed.segments) == list(range(1, 24))
+
+
 def test_segments_group_non_empty_audiences_by_connector(
     segment_stub: Any, audience_stub: Any
 ) -> None:

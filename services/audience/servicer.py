@@ -176,7 +176,8 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
         # membership change can name new ones), it takes longer than the segment service's
         # deadline, so the segment list fails with UNAVAILABLE: page it.
         records = await self._store.list(request.account_id)
-        return audience_pb2.ListAudiencesResponse(audiences=[_to_proto(r) for r in records])
+        audiences = [_to_proto(r, with_settings=not request.without_settings) for r in records]
+        return audience_pb2.ListAudiencesResponse(audiences=audiences)
 
 
 async def _source_time(context: grpc.aio.ServicerContext, timestamp_ms: int) -> int:
@@ -203,7 +204,7 @@ def _entry_problem(entry: audience_pb2.AudienceChanges, seen_audiences: set[int]
     return ""
 
 
-def _to_proto(record: AudienceRecord) -> audience_pb2.Audience:
+def _to_proto(record: AudienceRecord, *, with_settings: bool = True) -> audience_pb2.Audience:
     return audience_pb2.Audience(
         audience_id=record.audience_id,
         name=record.name,
@@ -214,5 +215,5 @@ def _to_proto(record: AudienceRecord) -> audience_pb2.Audience:
         member_count=record.member_count,
         created_at_ms=record.created_at_ms,
         updated_at_ms=record.updated_at_ms,
-        settings=record.settings,
+        settings=record.settings if with_settings else {},
     )

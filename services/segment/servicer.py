@@ -11,6 +11,9 @@ from services.segment.store import ConnectorRecord, ConnectorStore, NameTaken
 
 _LOGGER = logging.getLogger(__name__)
 
+# Codes of the audience service that a retry may get past; any other is a fault of ours.
+_PASSING_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
 MAX_NAME_LENGTH = 200
 
 
@@ -82,12 +85,16 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
         connectors = await self._store.list(request.account_id)
         try:
             listing = await self._audiences.ListAudiences(
-                audience_pb2.ListAudiencesRequest(account_id=request.account_id),
+                audience_pb2.ListAudiencesRequest(
+                    account_id=request.account_id, without_settings=True
+                ),
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
             _LOGGER.warning("audience service call failed", extra={"code": exc.code().name})
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "audience service unavailable")
+            if exc.code() in _PASSING_FAULTS:
+                await abort(context, grpc.StatusCode.UNAVAILABLE, "audience service unavailable")
+            await abort(context, grpc.StatusCode.INTERNAL, "the audience list could not be read")
 
         by_connector: dict[str, list[segment_pb2.Segment]] = defaultdict(list)
         for audience in listing.audiences:

@@ -185,10 +185,12 @@ class ListMembersResponse(_message.Message):
     def __init__(self, mpids: _Optional[_Iterable[int]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListAudiencesRequest(_message.Message):
-    __slots__ = ("account_id",)
+    __slots__ = ("account_id", "without_settings")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    WITHOUT_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
-    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+    without_settings: bool
+    def __init__(self, account_id: _Optional[str] = ..., without_settings: _Optional[bool] = ...) -> None: ...
 
 class ListAudiencesResponse(_message.Message):
     __slots__ = ("audiences",)

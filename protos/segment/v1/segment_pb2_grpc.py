@@ -106,7 +106,8 @@ class SegmentServiceServicer:
         """The segment builder's list: every connector of the account, each with its
         audiences that have at least one member, ordered by audience name. Removed
         subscriptions and empty audiences are not listed. UNAVAILABLE when the audience
-        service cannot be reached.
+        service cannot be reached or does not answer in time; INTERNAL when it answers
+        with another error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
