@@ -23,6 +23,7 @@ from services.audience.store import (
     AudienceStore,
 )
 from services.common.embedded_redis import free_port
+from services.common.validation import AUDIENCES_PER_CALL_MAX
 
 ADD = audience_pb2.SUBSCRIPTION_ACTION_ADD
 REMOVE = audience_pb2.SUBSCRIPTION_ACTION_REMOVE
@@ -190,8 +191,16 @@ def test_unknown_audience_is_not_found_for_counts_and_members(audience_stub: Any
             audiences=[audience_pb2.AudienceChanges(audience_id=0, add_mpids=[5])],
         ),
         audience_pb2.ApplyMembershipChangesRequest(account_id="ac:me", connector_id="c"),
+        audience_pb2.ApplyMembershipChangesRequest(
+            account_id="acme",
+            connector_id="c",
+            audiences=[
+                audience_pb2.AudienceChanges(audience_id=a, add_mpids=[5])
+                for a in range(1, AUDIENCES_PER_CALL_MAX + 2)
+            ],
+        ),
     ],
-    ids=["mpid-twice", "audience-twice", "audience-zero", "bad-account"],
+    ids=["mpid-twice", "audience-twice", "audience-zero", "bad-account", "too-many-audiences"],
 )
 def test_contract_violations_are_invalid_and_change_nothing(
     audience_stub: Any, redis_client: redis.Redis, request_: Any

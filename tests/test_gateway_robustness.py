@@ -82,7 +82,8 @@ def test_a_batch_of_40k_new_audiences_is_stored_on_first_delivery(
 ) -> None:
     # Each new audience costs the store several times what a change does (its record, its
     # ids): the deadline allows for both, so that such a batch is not answered 503 until
-    # retried. A short base budget leaves only the allowance.
+    # retried. A short base budget leaves only the allowance. (Sent in four calls of at
+    # most 10,000 audiences.)
     url = stack.start_gateway(request_timeout_seconds=0.05)
     profiles = [
         {

@@ -11,7 +11,11 @@ from services.audience.store import (
     now_ms,
 )
 from services.common.rpc import abort
-from services.common.validation import require_audience_id, require_id
+from services.common.validation import (
+    AUDIENCES_PER_CALL_MAX,
+    require_audience_id,
+    require_id,
+)
 
 MAX_NAME_LENGTH = 1024
 DEFAULT_PAGE_SIZE = 1000
@@ -82,6 +86,12 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
     ) -> audience_pb2.ApplyMembershipChangesResponse:
         await require_id(context, "account_id", request.account_id)
         await require_id(context, "connector_id", request.connector_id)
+        if len(request.audiences) > AUDIENCES_PER_CALL_MAX:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"at most {AUDIENCES_PER_CALL_MAX} audiences a call; send more in several",
+            )
 
         changes: Changes = []
         seen_audiences: set[int] = set()

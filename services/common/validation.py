@@ -11,6 +11,9 @@ from services.common.rpc import abort
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 AUDIENCE_ID_MAX = 2**31 - 1
+# Audiences one ApplyMembershipChanges names at most, so that no call holds the audience
+# service for long; the gateway sends a batch that names more in several calls.
+AUDIENCES_PER_CALL_MAX = 10_000
 MPID_MIN = -(2**63)
 MPID_MAX = 2**63 - 1
 

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from protos.audience.v1 import audience_pb2
 from protos.keys.v1 import keys_pb2
+from services.common.validation import AUDIENCES_PER_CALL_MAX
 from services.gateway import firehose, metrics
 from services.gateway.body import BodyTooLarge, check_media_type, read_body
 from services.gateway.errors import ApiError
@@ -218,12 +219,15 @@ class MparticleEndpoint:
                     batch.first_problem,
                 )
 
-        if batch.latest:
-            changes = _membership_request(owner, batch, envelope.timestamp_ms or 0)
-            allowance = (
-                batch.changes * APPLY_SECONDS_PER_CHANGE
-                + len(batch.latest) * APPLY_SECONDS_PER_AUDIENCE
-            )
+        # One call in the usual case; a batch naming many audiences in several, one after the
+        # other (were one to fail, the answer is a retried error, and delivering the batch
+        # again changes nothing that was stored).
+        for changes in _membership_requests(owner, batch, envelope.timestamp_ms or 0):
+            adds = sum(len(entry.add_mpids) for entry in changes.audiences)
+            deletes = sum(len(entry.delete_mpids) for entry in changes.audiences)
+            allowance = (adds + deletes) * APPLY_SECONDS_PER_CHANGE + len(
+                changes.audiences
+            ) * APPLY_SECONDS_PER_AUDIENCE
             await self._call(
                 request,
                 "audience",
@@ -231,9 +235,8 @@ class MparticleEndpoint:
                 changes,
                 allowance,
             )
-            for entry in changes.audiences:
-                metrics.MEMBERSHIP_CHANGES.labels("add").inc(len(entry.add_mpids))
-                metrics.MEMBERSHIP_CHANGES.labels("delete").inc(len(entry.delete_mpids))
+            metrics.MEMBERSHIP_CHANGES.labels("add").inc(adds)
+            metrics.MEMBERSHIP_CHANGES.labels("delete").inc(deletes)
 
         suspend = {"suspend_subscription": False}
         return _reply(envelope, "audience_membership_change_response", suspend)
@@ -309,19 +312,26 @@ def _time_left(request: Request) -> float:
     return max(request.state.deadline - time.monotonic(), 0.001)
 
 
-def _membership_request(
+def _membership_requests(
     owner: keys_pb2.ValidateKeyResponse, batch: firehose.MembershipBatch, timestamp_ms: int
-) -> audience_pb2.ApplyMembershipChangesRequest:
-    request = audience_pb2.ApplyMembershipChangesRequest(
-        account_id=owner.account_id, connector_id=owner.connector_id, timestamp_ms=timestamp_ms
-    )
-    for audience_id, latest in batch.latest.items():
-        entry = request.audiences.add(
+) -> list[audience_pb2.ApplyMembershipChangesRequest]:
+    """The batch as calls of at most AUDIENCES_PER_CALL_MAX audiences each."""
+    requests: list[audience_pb2.ApplyMembershipChangesRequest] = []
+    for n, (audience_id, latest) in enumerate(batch.latest.items()):
+        if n % AUDIENCES_PER_CALL_MAX == 0:
+            requests.append(
+                audience_pb2.ApplyMembershipChangesRequest(
+                    account_id=owner.account_id,
+                    connector_id=owner.connector_id,
+                    timestamp_ms=timestamp_ms,
+                )
+            )
+        entry = requests[-1].audiences.add(
             audience_id=audience_id, audience_name=batch.names.get(audience_id, "")
         )
         entry.add_mpids.extend(mpid for mpid, added in latest.items() if added)
         entry.delete_mpids.extend(mpid for mpid, added in latest.items() if not added)
-    return request
+    return requests
 
 
 def _reply(

@@ -202,10 +202,6 @@ class MembershipBatch:
     # JSON path of the first thing skipped, for the log.
     first_problem: str = ""
 
-    @property
-    def changes(self) -> int:
-        return sum(len(members) for members in self.latest.values())
-
 
 @dataclass(frozen=True)
 class Message:

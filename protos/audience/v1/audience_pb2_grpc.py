@@ -93,8 +93,8 @@ class AudienceServiceServicer:
         be reached, DEADLINE_EXCEEDED), some steps may have been applied: send the
         batch again, which changes nothing more than sending it once. Memberships for
         an audience with no subscription are kept; the audience is created with the
-        name given here. INVALID_ARGUMENT for a bad id, an audience listed twice or an
-        MPID listed twice for one audience.
+        name given here. INVALID_ARGUMENT for a bad id, an audience listed twice, an
+        MPID listed twice for one audience, or more than 10,000 audiences in one call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
