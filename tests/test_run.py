@@ -51,6 +51,18 @@ def wait_ready(url: str, process: subprocess.Popen[Any], timeout: float = 60) ->
     raise AssertionError("the suite did not become ready")
 
 
+def read_until(process: subprocess.Popen[str], message: str) -> tuple[str, dict[str, Any]]:
+    """The output of ``process`` up to its first JSON log line whose message starts with
+    ``message``, and that line."""
+    assert process.stdout is not None
+    seen = ""
+    while line := process.stdout.readline():
+        seen += line
+        if line.startswith("{") and json.loads(line).get("message", "").startswith(message):
+            return seen, json.loads(line)
+    raise AssertionError(f"the run exited without logging {message!r}:\n{seen}")
+
+
 def start_run(env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "services"],
@@ -79,19 +91,20 @@ def test_suite_starts_serves_and_stops_cleanly(suite_env: dict[str, str], signum
     process = start_run(suite_env)
     url = f"http://127.0.0.1:{suite_env['GATEWAY_PORT']}"
     try:
-        wait_ready(url, process)
+        # Ready needs the gateway's upstreams, found from their ports alone.
+        before, ready = read_until(process, "suite ready")
         registration = httpx.post(
             f"{url}/mparticle", json=fixture_json("01_module_registration_request.json")
         )
     finally:
         process.send_signal(signum)
-        output, _ = process.communicate(timeout=60)
+        after, _ = process.communicate(timeout=60)
+    output = before + after
 
     assert registration.status_code == 200
     assert process.returncode == 0, output
     assert "suite stopped" in _log_messages(output)
-    # Ready (which needs the gateway's upstreams), and audiencectl told where they are.
-    [ready] = [line for line in _log_lines(output) if line["message"].startswith("suite ready")]
+    # audiencectl, in another terminal, is told where they are.
     assert ready["audiencectl_env"] == (
         f"KEYS_TARGET=127.0.0.1:{suite_env['KEYS_PORT']} "
         f"AUDIENCE_TARGET=127.0.0.1:{suite_env['AUDIENCE_PORT']} "
