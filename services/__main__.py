@@ -139,14 +139,20 @@ class Suite:
             ) from None
 
     def _check_ports(self) -> None:
-        """Fail at once, naming the variable, when a port a service binds is taken."""
+        """Fail at once, naming their variables, when ports the services bind are taken."""
+        taken = []
         for name, settings in self.services.items():
             ports = {f"{name.upper()}_PORT": settings.port}
             if hasattr(settings, "metrics_port"):
                 ports[f"{name.upper()}_METRICS_PORT"] = settings.metrics_port
             for variable, port in ports.items():
                 if port and not port_is_free(settings.host, port):
-                    raise RuntimeError(f"{variable} {port} is taken (another make run?)")
+                    taken.append(f"{variable} {port}")
+        if taken:
+            raise RuntimeError(
+                f"taken (by another make run or another program): {', '.join(taken)}; "
+                "set those variables to free ports"
+            )
 
 
 def _service_settings(env: dict[str, str]) -> dict[str, Any]:

@@ -169,6 +169,21 @@ def test_a_taken_port_stops_a_service_with_one_clear_line() -> None:
     assert [json.loads(line)["message"] for line in run.stdout.splitlines()] == ["cannot start"]
 
 
+def test_every_taken_port_is_named_at_once(suite_env: dict[str, str]) -> None:
+    with socket.socket() as keys, socket.socket() as gateway:
+        for held in (keys, gateway):
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+        suite_env["KEYS_PORT"] = str(keys.getsockname()[1])
+        suite_env["GATEWAY_PORT"] = str(gateway.getsockname()[1])
+        run = run_to_end(suite_env)
+
+    assert run.returncode == 1
+    [message] = _log_messages(run.stdout)
+    assert f"KEYS_PORT {suite_env['KEYS_PORT']}" in message
+    assert f"GATEWAY_PORT {suite_env['GATEWAY_PORT']}" in message
+
+
 def test_a_second_run_on_the_same_data_is_refused_before_starting_anything(
     suite_env: dict[str, str],
 ) -> None:
