@@ -10,6 +10,7 @@ import redis
 
 from protos.keys.v1 import keys_pb2
 from services.keys.store import KEY_PATTERN
+from tests.conftest import Stack
 
 
 def create(keys_stub: Any, account: str = "acme", connector: str = "con_1") -> Any:
@@ -141,3 +142,18 @@ def test_an_over_long_account_id_is_cut_in_the_log_line(
     [line] = lines
     assert line.getMessage() == "rpc"
     assert line.__dict__["account"] == "Z" * 64 + "..."
+
+
+@pytest.mark.parametrize(
+    # Field 1 (account_id): two bytes that are not UTF-8; five announced, two sent.
+    "sent",
+    [b"\x0a\x02\xff\xfe", b"\x0a\x05ab"],
+    ids=["not_utf8", "truncated"],
+)
+def test_bytes_that_are_not_a_request_are_invalid_argument(stack: Stack, sent: bytes) -> None:
+    with grpc.insecure_channel(stack.target("keys")) as channel:
+        call = channel.unary_unary("/keys.v1.KeyService/ListKeys")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(sent, timeout=5)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

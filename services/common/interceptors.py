@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from services.common import logs, metrics
 from services.common.redis import is_transient
@@ -45,11 +46,29 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler
         wrapped = grpc.unary_unary_rpc_method_handler(
             _wrap(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
         self._handlers[method] = wrapped
         return wrapped
+
+
+# Stands in for a request whose bytes are not a message of its type (truncated, not UTF-8
+# where a string is): the call is answered INVALID_ARGUMENT, as for any bad input.
+_UNREADABLE = object()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNREADABLE
+
+    return deserialize
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -70,6 +89,8 @@ def _wrap(method: str, behavior: Behavior) -> Behavior:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            if request is _UNREADABLE:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the request is unreadable")
             return await behavior(request, context)
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
