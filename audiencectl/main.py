@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from protos.keys.v1 import keys_pb2, keys_pb2_grpc
 from protos.segment.v1 import segment_pb2, segment_pb2_grpc
+from services.common.validation import AUDIENCE_ID_MAX, MPID_MAX, MPID_MIN
 
 
 class Context:
@@ -93,9 +94,9 @@ class _Text(click.ParamType):
 
 
 TEXT = _Text()
-# The ranges of the proto fields: audience ids are int32 above 0, MPIDs signed 64-bit.
-AUDIENCE_ID = click.IntRange(1, 2**31 - 1)
-MPID = click.IntRange(-(2**63), 2**63 - 1)
+# The ranges the services accept.
+AUDIENCE_ID = click.IntRange(1, AUDIENCE_ID_MAX)
+MPID = click.IntRange(MPID_MIN, MPID_MAX)
 
 account_option = click.option("--account", required=True, type=TEXT, help="Account id.")
 

@@ -155,18 +155,20 @@ class Suite:
             )
 
 
+_SETTINGS: dict[str, type[BaseServiceSettings]] = {
+    "keys": KeysSettings,
+    "audience": AudienceSettings,
+    "segment": SegmentSettings,
+    "gateway": GatewaySettings,
+}
+
+
 def _service_settings(env: dict[str, str]) -> dict[str, Any]:
     """The settings each service will read from ``env``; raises SettingsError."""
-    classes: dict[str, type[BaseServiceSettings]] = {
-        "keys": KeysSettings,
-        "audience": AudienceSettings,
-        "segment": SegmentSettings,
-        "gateway": GatewaySettings,
-    }
     # REDIS_URL is set by the runner itself when it starts the embedded Redis; until then a
     # placeholder that names no server lets the other settings be checked.
     environ = {"REDIS_URL": "redis://embedded-redis.invalid/0"} | env
-    return {name: cls.from_env(environ) for name, cls in classes.items()}
+    return {name: cls.from_env(environ) for name, cls in _SETTINGS.items()}
 
 
 def _with_local_targets(env: dict[str, str]) -> dict[str, str]:
@@ -182,11 +184,14 @@ def _with_local_targets(env: dict[str, str]) -> dict[str, str]:
 
 def _non_default_targets(env: dict[str, str]) -> str:
     """What audiencectl needs to be told, in another terminal, to find this suite."""
-    defaults = {"KEYS_TARGET": "50051", "AUDIENCE_TARGET": "50052", "SEGMENT_TARGET": "50053"}
+    defaults = {
+        f"{name.upper()}_TARGET": f"127.0.0.1:{_SETTINGS[name].model_fields['port'].default}"
+        for name in GRPC_SERVICES
+    }
     moved = {
         variable: env[variable]
-        for variable, port in defaults.items()
-        if variable in env and env[variable] != f"127.0.0.1:{port}"
+        for variable, default in defaults.items()
+        if variable in env and env[variable] != default
     }
     return " ".join(f"{variable}={target}" for variable, target in moved.items())
 

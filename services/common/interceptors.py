@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from services.common import logs, metrics
 from services.common.redis import is_transient
 from services.common.rpc import abort
+from services.common.validation import ID_MAX_LENGTH
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -122,9 +123,11 @@ def _wrap(method: str, behavior: Behavior) -> Behavior:
 
 
 def _shown_account(account_id: str) -> str:
-    """The account as log lines show it: a valid id is at most 64 characters, and one sent
-    that is not is cut there, so that a request cannot make its own log line huge."""
-    return account_id if len(account_id) <= 64 else account_id[:64] + "..."
+    """The account as log lines show it: one longer than any valid id is cut at that
+    length, so that a request cannot make its own log line huge."""
+    if len(account_id) <= ID_MAX_LENGTH:
+        return account_id
+    return account_id[:ID_MAX_LENGTH] + "..."
 
 
 def _log_rpc(method: str, code: grpc.StatusCode, elapsed: float) -> None:

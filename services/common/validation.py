@@ -8,7 +8,8 @@ from services.common.rpc import abort
 
 # Account and connector ids: 1 to 64 characters of [A-Za-z0-9._-]. They appear inside Redis
 # key names, so they can never contain a hash-tag brace or a separator of their own.
-_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ID_MAX_LENGTH = 64
+_ID = re.compile(rf"[A-Za-z0-9._-]{{1,{ID_MAX_LENGTH}}}")
 
 AUDIENCE_ID_MAX = 2**31 - 1
 # Audiences one ApplyMembershipChanges names at most, so that no call holds the audience
@@ -28,7 +29,7 @@ async def require_id(context: grpc.aio.ServicerContext, field: str, value: str) 
         await abort(
             context,
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"{field} must be 1 to 64 characters of [A-Za-z0-9._-]",
+            f"{field} must be 1 to {ID_MAX_LENGTH} characters of [A-Za-z0-9._-]",
         )
 
 
