@@ -117,6 +117,21 @@ def test_lookups_are_scoped_to_the_account(audience_stub: Any) -> None:
     assert audiences_of(audience_stub, 42, "initech") == []
 
 
+def test_lookups_answer_after_redis_forgot_their_scripts(
+    audience_stub: Any, redis_client: redis.Redis
+) -> None:
+    """As after a restart or a failover: the lookups' scripts are loaded again."""
+    change(audience_stub, 7, add=[42])
+    assert audiences_of(audience_stub, 42) == [7]
+
+    redis_client.script_flush()
+
+    assert audiences_of(audience_stub, 42) == [7]
+    redis_client.script_flush()
+    check = audience_pb2.CheckMembershipRequest(account_id="acme", audience_id=7, mpid=42)
+    assert audience_stub.CheckMembership(check).member
+
+
 def test_members_page_through_exactly_once(audience_stub: Any) -> None:
     mpids = {-(2**63), 2**63 - 1, 0, -1} | {i * 7919 for i in range(1, 300)}
     change(audience_stub, 7, add=sorted(mpids))

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import redis
@@ -30,6 +31,8 @@ RETRIED = {408, 429, 500, 502, 503, 504}
 # gateway's budget is 0.75 s), and service again within two seconds of the fault ending.
 ANSWER_WITHIN_SECONDS = 1.0
 RECOVER_WITHIN_SECONDS = 2.0
+# A lookup waits up to the service's Redis timeout (1 s) for a server that stopped answering.
+STALLED_LOOKUP_WITHIN_SECONDS = 1.5
 
 
 class Sender:
@@ -122,14 +125,36 @@ def assert_fault_answers(sender: Sender, count: int = 3) -> None:
         assert elapsed < ANSWER_WITHIN_SECONDS
 
 
+def lookup(suite: ProcessSuite, mpid: int) -> tuple[list[int] | grpc.StatusCode, float]:
+    """The audiences ``mpid`` is in, or the code the lookup failed with; and how long it took."""
+    stub = suite.stub("audience", audience_pb2_grpc.AudienceServiceStub)
+    request = audience_pb2.GetUserAudiencesRequest(account_id="acme", mpid=mpid)
+    started = time.monotonic()
+    try:
+        reply = stub.GetUserAudiences(request, timeout=5)
+        answer: list[int] | grpc.StatusCode = list(reply.audience_ids)
+    except grpc.RpcError as exc:
+        answer = exc.code()
+    return answer, time.monotonic() - started
+
+
+def assert_lookups_unavailable(suite: ProcessSuite, mpid: int, within: float) -> None:
+    for _ in range(3):
+        answer, elapsed = lookup(suite, mpid)
+        assert answer == grpc.StatusCode.UNAVAILABLE
+        assert elapsed < within
+
+
 def readyz(suite: ProcessSuite) -> int:
     return httpx.get(f"{suite.gateway_url}/readyz", timeout=5).status_code
 
 
 def test_redis_stopped_and_restarted(suite: ProcessSuite, sender: Sender) -> None:
+    member = min(sender.accepted)
     suite.redis.stop()
 
     assert_fault_answers(sender)
+    assert_lookups_unavailable(suite, member, within=ANSWER_WITHIN_SECONDS)
     wait_for(lambda: suite.health("audience") == NOT_SERVING)
     wait_for(lambda: suite.health("keys") == NOT_SERVING)
     assert suite.health("audience", "liveness") == SERVING
@@ -138,6 +163,7 @@ def test_redis_stopped_and_restarted(suite: ProcessSuite, sender: Sender) -> Non
 
     suite.redis.start()
 
+    wait_for(lambda: lookup(suite, member)[0] == [7], timeout=RECOVER_WITHIN_SECONDS)
     assert sender.send_until_accepted(timeout=RECOVER_WITHIN_SECONDS) < RECOVER_WITHIN_SECONDS
     wait_for(lambda: readyz(suite) == 200, timeout=2)
     sender.assert_nothing_lost()
@@ -145,13 +171,16 @@ def test_redis_stopped_and_restarted(suite: ProcessSuite, sender: Sender) -> Non
 
 def test_redis_paused_with_sigstop(suite: ProcessSuite, sender: Sender) -> None:
     assert suite.redis.process is not None
+    member = min(sender.accepted)
     os.kill(suite.redis.process.pid, signal.SIGSTOP)
     try:
         assert_fault_answers(sender)
+        assert_lookups_unavailable(suite, member, within=STALLED_LOOKUP_WITHIN_SECONDS)
         wait_for(lambda: suite.health("audience") == NOT_SERVING)
     finally:
         os.kill(suite.redis.process.pid, signal.SIGCONT)
 
+    wait_for(lambda: lookup(suite, member)[0] == [7], timeout=RECOVER_WITHIN_SECONDS)
     assert sender.send_until_accepted(timeout=RECOVER_WITHIN_SECONDS) < RECOVER_WITHIN_SECONDS
     sender.assert_nothing_lost()
 

@@ -1,0 +1,153 @@
+"""The shared, pipelined Redis connection of the lookups, against real Redis servers."""
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.exceptions
+
+from services.common.embedded_redis import EmbeddedRedis
+from services.common.redis_pipelined import PipelinedConnection
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A server of the test's own, to stop, pause and restart."""
+    with EmbeddedRedis() as server:
+        yield server
+
+
+def test_each_caller_gets_the_reply_to_its_own_command(redis_server: EmbeddedRedis) -> None:
+    async def scenario() -> list[bytes]:
+        connection = PipelinedConnection(redis_server.url)
+        try:
+            return await asyncio.gather(*(connection.execute("ECHO", f"n{i}") for i in range(2000)))
+        finally:
+            await connection.aclose()
+
+    assert asyncio.run(scenario()) == [f"n{i}".encode() for i in range(2000)]
+
+
+def test_an_error_reply_is_raised_and_the_next_command_still_answered(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    redis_client.set("text", "not a number")
+
+    async def scenario() -> tuple[tuple[object, ...], int]:
+        connection = PipelinedConnection(redis_server.url)
+        try:
+            replies = await asyncio.gather(
+                connection.execute("INCR", "text"),
+                connection.execute("EVALSHA", "0" * 40, 0),
+                connection.execute("INCR", "counter"),
+                return_exceptions=True,
+            )
+            return tuple(replies), await connection.execute("INCR", "counter")
+        finally:
+            await connection.aclose()
+
+    (wrong_type, no_script, counted), after = asyncio.run(scenario())
+
+    assert isinstance(wrong_type, redis.exceptions.ResponseError)
+    assert "not an integer" in str(wrong_type)
+    assert isinstance(no_script, redis.exceptions.ResponseError)
+    assert str(no_script).startswith("NOSCRIPT")
+    assert (counted, after) == (1, 2)
+
+
+def test_a_restarted_server_is_reached_again_without_help(own_redis: EmbeddedRedis) -> None:
+    async def scenario() -> None:
+        connection = PipelinedConnection(own_redis.url, timeout_seconds=0.5)
+        try:
+            assert await connection.execute("SET", "k", "before") == b"OK"
+
+            own_redis.stop()
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await connection.execute("GET", "k")
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await connection.execute("GET", "k")
+
+            own_redis.start()
+            assert await connection.execute("GET", "k") is None  # nothing persisted
+            assert await connection.execute("SET", "k", "after") == b"OK"
+        finally:
+            await connection.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_paused_server_times_out_every_waiting_command_then_serves_again(
+    own_redis: EmbeddedRedis,
+) -> None:
+    assert own_redis.process is not None
+    pid = own_redis.process.pid
+
+    async def scenario() -> None:
+        connection = PipelinedConnection(own_redis.url, timeout_seconds=0.3)
+        try:
+            await connection.execute("PING")
+
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                answers = await asyncio.gather(
+                    *(connection.execute("PING") for _ in range(50)), return_exceptions=True
+                )
+                waited = time.monotonic() - started
+            finally:
+                os.kill(pid, signal.SIGCONT)
+
+            assert all(isinstance(a, redis.exceptions.TimeoutError) for a in answers), answers
+            assert waited < 2
+            assert await connection.execute("PING") == b"PONG"
+        finally:
+            await connection.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_url_chooses_the_password_and_the_database(own_redis: EmbeddedRedis) -> None:
+    port = own_redis.port
+    redis.Redis(host="127.0.0.1", port=port).config_set("requirepass", "s3cret")
+
+    async def scenario() -> None:
+        connection = PipelinedConnection(f"redis://:s3cret@127.0.0.1:{port}/3")
+        try:
+            await connection.execute("SET", "where", "db3")
+        finally:
+            await connection.aclose()
+
+        refused = PipelinedConnection(f"redis://:wrong@127.0.0.1:{port}/0")
+        with pytest.raises(redis.exceptions.ConnectionError, match="refused AUTH"):
+            await refused.execute("PING")
+
+    asyncio.run(scenario())
+
+    check = redis.Redis(host="127.0.0.1", port=port, password="s3cret", db=3)
+    assert check.get("where") == b"db3"
+    check.close()
+
+
+def test_a_unix_socket_url_is_followed(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    with EmbeddedRedis(extra_args=("--unixsocket", str(socket_path))):
+
+        async def scenario() -> bytes:
+            connection = PipelinedConnection(f"unix://{socket_path}?db=2")
+            try:
+                await connection.execute("SET", "where", "db2")
+                return await connection.execute("GET", "where")
+            finally:
+                await connection.aclose()
+
+        assert asyncio.run(scenario()) == b"db2"
+
+
+def test_a_tls_url_is_left_to_the_pooled_client() -> None:
+    with pytest.raises(ValueError, match="SSLConnection"):
+        PipelinedConnection("rediss://127.0.0.1:6380/0")
