@@ -117,18 +117,21 @@ def test_lookups_are_scoped_to_the_account(audience_stub: Any) -> None:
     assert audiences_of(audience_stub, 42, "initech") == []
 
 
-def test_lookups_answer_after_redis_forgot_their_scripts(
+def test_changes_and_lookups_work_after_redis_forgot_their_scripts(
     audience_stub: Any, redis_client: redis.Redis
 ) -> None:
-    """As after a restart or a failover: the lookups' scripts are loaded again."""
+    """As after a restart or a failover: the scripts are loaded again, each change once."""
     change(audience_stub, 7, add=[42])
     assert audiences_of(audience_stub, 42) == [7]
 
     redis_client.script_flush()
+    changed = change(audience_stub, 8, add=[42, 43])
 
-    assert audiences_of(audience_stub, 42) == [7]
+    assert (changed.added, changed.unchanged) == (2, 0)
     redis_client.script_flush()
-    check = audience_pb2.CheckMembershipRequest(account_id="acme", audience_id=7, mpid=42)
+    assert audiences_of(audience_stub, 42) == [7, 8]
+    redis_client.script_flush()
+    check = audience_pb2.CheckMembershipRequest(account_id="acme", audience_id=8, mpid=43)
     assert audience_stub.CheckMembership(check).member
 
 

@@ -23,10 +23,10 @@ async def create_server(settings: AudienceSettings) -> GrpcServer:
     # several processes would lift that where the callers run on other machines.
     client = redis_helpers.connect(settings.redis_url)
     try:
-        lookups: PipelinedConnection | None = PipelinedConnection(settings.redis_url)
+        pipelined: PipelinedConnection | None = PipelinedConnection(settings.redis_url)
     except ValueError:
-        lookups = None  # TLS: the lookups take the pooled client too
-    store = AudienceStore(client, settings.ordering_window_seconds, lookups=lookups)
+        pipelined = None  # TLS: the hot paths take the pooled client too
+    store = AudienceStore(client, settings.ordering_window_seconds, pipelined=pipelined)
     servicer = AudienceServicer(store)
 
     return GrpcServer(
@@ -45,7 +45,7 @@ async def create_server(settings: AudienceSettings) -> GrpcServer:
             partial(clean_up_removed_audiences, store, settings.cleanup_idle_seconds),
             partial(free_old_tombstones, store, settings.cleanup_idle_seconds),
         ],
-        on_stop=[client.aclose, *([lookups.aclose] if lookups else [])],
+        on_stop=[client.aclose, *([pipelined.aclose] if pipelined else [])],
     )
 
 

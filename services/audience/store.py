@@ -131,15 +131,15 @@ class AudienceStore:
         client: redis.asyncio.Redis,
         ordering_window_seconds: int = 3600,
         clock: Callable[[], int] = now_ms,
-        lookups: PipelinedConnection | None = None,
+        pipelined: PipelinedConnection | None = None,
     ) -> None:
         """``clock`` gives the time in ms (tests move it to step through generations).
 
-        ``lookups``, when given, carries the two lookups (a user's audiences, one membership):
-        the hot path, cheaper on it than on ``client``.
+        ``pipelined``, when given, carries the scripts of the hot paths (the lookups, and the
+        steps of membership changes), which cost the service less on it than on ``client``.
         """
         self._redis = client
-        self._lookups = lookups
+        self._pipelined = pipelined
         self._window_ms = ordering_window_seconds * 1000
         self._clock = clock
         # The generation each account was last listed in TOMBSTONE_ACCOUNTS for, by us.
@@ -225,7 +225,7 @@ class AudienceStore:
             for audience_id, name, adds, deletes in step:
                 args += (audience_id, name, _with_buckets(adds), _with_buckets(deletes))
 
-            counts = await self._apply(keys=[f"au:idx:{tag}"], args=args)
+            counts = await self._run(self._apply, [f"au:idx:{tag}"], *args)
             added, removed, stale = added + counts[0], removed + counts[1], stale + counts[2]
 
             wrote_tombstones = counts[3] == 1
@@ -238,21 +238,26 @@ class AudienceStore:
 
     async def user_audiences(self, account_id: str, mpid: int) -> list[int]:
         tag = _tag(account_id)
-        ids = await self._lookup(self._user_audiences, [f"au:usr:{tag}:{mpid}", f"au:live:{tag}"])
+        ids = await self._run(self._user_audiences, [f"au:usr:{tag}:{mpid}", f"au:live:{tag}"])
         return sorted(int(i) for i in ids if i is not None)
 
     async def is_member(self, account_id: str, audience_id: int, mpid: int) -> bool:
         tag = _tag(account_id)
-        found = await self._lookup(
+        found = await self._run(
             self._is_member, [f"au:idx:{tag}", f"au:usr:{tag}:{mpid}"], audience_id
         )
         return bool(found)
 
-    async def _lookup(self, script: AsyncScript, keys: list[str], *args: int) -> Any:
-        """Run a read-only script on the lookups' connection, else on the pooled client."""
-        if self._lookups is not None:
+    async def _run(self, script: AsyncScript, keys: list[str], *args: str | int) -> Any:
+        """Run a hot path's script on the pipelined connection, else on the pooled client.
+
+        Each such script may run twice (it either changes nothing or changes the same
+        again): when the connection is lost after the command was sent, the pooled client
+        sends it again, as it does on its own connections.
+        """
+        if self._pipelined is not None:
             try:
-                return await self._lookups.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+                return await self._pipelined.execute("EVALSHA", script.sha, len(keys), *keys, *args)
             except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError):
                 # Not loaded yet, a server restarting, a connection lost: the pooled client
                 # loads the script, retries, and raises each error as its own type.

@@ -1,14 +1,15 @@
-"""One Redis connection shared by every coroutine of a process, for short reads on a hot path.
+"""One Redis connection shared by every coroutine of a process, for the commands of hot paths.
 
 The pooled redis-py client gives each command a connection of its own and hands the reply
 back through its pool, retry, timeout and parser layers: on the audience service's lookups
-that costs about 150 µs of the process's CPU a call, against about 35 µs here
-(docs/performance.md). Here the commands of all callers go out on one connection in the
-order they are made, hiredis parses the replies, and each reply is handed to the caller
-whose command it answers, in the same order. Nothing else: no retries and no script
-loading. A caller that gets ``ConnectionError`` or ``ResponseError`` (a script Redis has not
-loaded yet, a server still loading its data) asks the pooled client instead, which knows
-what to do about each.
+that costs about 150 µs of the process's CPU a call, against about 35 µs here, and on a
+membership change of 190 changes about a fifth of the service's time (docs/performance.md).
+
+Here the commands of all callers go out on one connection in the order they are made,
+hiredis parses the replies, and each reply is handed to the caller whose command it
+answers, in the same order. Nothing else: no retries and no script loading. A caller that
+gets ``ConnectionError`` or ``ResponseError`` (a script Redis has not loaded yet, a server
+still loading its data) asks the pooled client instead, which knows what to do about each.
 """
 
 import asyncio
