@@ -60,6 +60,35 @@ def test_an_error_reply_is_raised_and_the_next_command_still_answered(
     assert (counted, after) == (1, 2)
 
 
+_BUSY_FOR_200_MS = """
+local started = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - started[1]) * 1000000 + (now[2] - started[2]) > 200000 then
+    return 'done'
+  end
+end
+"""
+
+
+def test_a_caller_that_gives_up_leaves_the_others_their_own_replies(
+    redis_server: EmbeddedRedis,
+) -> None:
+    async def scenario() -> tuple[bytes, bytes]:
+        connection = PipelinedConnection(redis_server.url)
+        try:
+            busy = asyncio.create_task(connection.execute("EVAL", _BUSY_FOR_200_MS, 0))
+            abandoned = asyncio.create_task(connection.execute("ECHO", "abandoned"))
+            await asyncio.sleep(0.05)
+            abandoned.cancel()
+            mine = await connection.execute("ECHO", "mine")
+            return await busy, mine
+        finally:
+            await connection.aclose()
+
+    assert asyncio.run(scenario()) == (b"done", b"mine")
+
+
 def test_a_restarted_server_is_reached_again_without_help(own_redis: EmbeddedRedis) -> None:
     async def scenario() -> None:
         connection = PipelinedConnection(own_redis.url, timeout_seconds=0.5)
