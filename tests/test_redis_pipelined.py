@@ -1,6 +1,7 @@
 """The shared, pipelined Redis connection of the lookups, against real Redis servers."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -138,6 +139,43 @@ def test_a_paused_server_times_out_every_waiting_command_then_serves_again(
             await connection.aclose()
 
     asyncio.run(scenario())
+
+
+def test_commands_nobody_waits_for_do_not_queue_up_behind_a_paused_server(
+    own_redis: EmbeddedRedis,
+) -> None:
+    """Callers whose deadlines are shorter than the timeout give up first: once a command
+    has waited the whole timeout, the next one drops the connection at once instead of
+    queueing behind it."""
+    assert own_redis.process is not None
+    pid = own_redis.process.pid
+
+    async def scenario() -> tuple[float, bytes]:
+        connection = PipelinedConnection(own_redis.url, timeout_seconds=1.0)
+        try:
+            await connection.execute("PING")
+
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                for _ in range(20):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(connection.execute("INCR", "abandoned"), 0.02)
+                await asyncio.sleep(0.8)  # the first of them has now waited over a second
+                started = time.monotonic()
+                with pytest.raises(redis.exceptions.TimeoutError):
+                    await connection.execute("PING")
+                failed_after = time.monotonic() - started
+            finally:
+                os.kill(pid, signal.SIGCONT)
+
+            return failed_after, await connection.execute("PING")
+        finally:
+            await connection.aclose()
+
+    failed_after, pong = asyncio.run(scenario())
+
+    assert failed_after < 0.5  # not the whole second of the timeout
+    assert pong == b"PONG"
 
 
 def test_the_url_chooses_the_password_and_the_database(own_redis: EmbeddedRedis) -> None:

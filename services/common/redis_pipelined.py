@@ -25,8 +25,10 @@ class PipelinedConnection:
     def __init__(self, url: str, *, timeout_seconds: float = 1.0) -> None:
         """A connection to ``url`` (``redis://`` or ``unix://``), opened at the first command.
 
-        Each command, connecting included, gives up after ``timeout_seconds``; the connection
-        is then closed, so that a stalled server cannot collect an ever longer queue.
+        Each command, connecting included, gives up after ``timeout_seconds``. The connection
+        is then closed, and so it is when a command finds one sent before it still waiting
+        after that long (its caller having given up sooner), so that a stalled server
+        cannot collect an ever longer queue of commands nobody waits for.
         """
         # redis-py reads the URL, so that both clients understand it alike.
         pool = redis.asyncio.ConnectionPool.from_url(url)
@@ -52,6 +54,8 @@ class PipelinedConnection:
                 protocol = self._protocol
                 if protocol is None or protocol.closed:
                     protocol = await self._connect()
+                if protocol.longest_wait() > self._timeout:
+                    raise TimeoutError
                 # hiredis's type stub describes a tuple of one item only.
                 reply = await protocol.send(hiredis.pack_command(args))  # type: ignore[arg-type]
         except TimeoutError:
@@ -119,6 +123,8 @@ class _ReplyProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self._reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # When each waiting command was sent (the event loop's clock).
+        self._sent_at: collections.deque[float] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._error: Exception | None = None
         self.closed = False
@@ -129,10 +135,18 @@ class _ReplyProtocol(asyncio.Protocol):
     def send(self, packed: bytes) -> "asyncio.Future[Any]":
         if self.closed or self._transport is None:
             raise ConnectionResetError("connection closed")
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiting.append(waiter)
+        self._sent_at.append(loop.time())
         self._transport.write(packed)
         return waiter
+
+    def longest_wait(self) -> float:
+        """Seconds the oldest command still waiting has waited (0 when none waits)."""
+        if not self._sent_at:
+            return 0.0
+        return asyncio.get_running_loop().time() - self._sent_at[0]
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -145,6 +159,7 @@ class _ReplyProtocol(asyncio.Protocol):
             if reply is False:
                 return
             waiter = self._waiting.popleft()
+            self._sent_at.popleft()
             # A caller that gave up (timed out or cancelled) left its waiter done.
             if not waiter.done():
                 waiter.set_result(reply)
@@ -153,6 +168,7 @@ class _ReplyProtocol(asyncio.Protocol):
         self.closed = True
         self._transport = None
         error = self._error or redis.exceptions.ConnectionError("connection to Redis lost")
+        self._sent_at.clear()
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
