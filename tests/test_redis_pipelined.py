@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -218,3 +219,94 @@ def test_a_unix_socket_url_is_followed(tmp_path: Path) -> None:
 def test_a_tls_url_is_left_to_the_pooled_client() -> None:
     with pytest.raises(ValueError, match="SSLConnection"):
         PipelinedConnection("rediss://127.0.0.1:6380/0")
+
+
+class _Proxy:
+    """A TCP relay to Redis that can turn the connections it holds into black holes: bytes
+    are taken and never passed on, and nothing is closed, as when a server dies behind an
+    address that a replacement takes over. Connections made afterwards reach Redis."""
+
+    def __init__(self, redis_port: int) -> None:
+        self._redis_port = redis_port
+        self._held: list[asyncio.StreamWriter] = []
+        self._swallowing: set[int] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def swallow_open_connections(self) -> None:
+        self._swallowing = {id(writer) for writer in self._held}
+
+    async def close(self) -> None:
+        self._server.close()
+        for writer in self._held:
+            writer.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self._redis_port
+        )
+        self._held += [writer, upstream_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                if id(writer) not in self._swallowing:
+                    sink.write(data)
+
+        await asyncio.gather(
+            pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True
+        )
+
+
+def test_a_connection_that_went_silent_is_replaced_though_every_caller_gives_up_first(
+    redis_server: EmbeddedRedis,
+) -> None:
+    async def scenario() -> float:
+        proxy = _Proxy(redis_server.port)
+        await proxy.start()
+        connection = PipelinedConnection(f"redis://127.0.0.1:{proxy.port}/0")
+        try:
+            assert await connection.execute("PING") == b"PONG"
+
+            proxy.swallow_open_connections()
+            started = time.monotonic()
+            while time.monotonic() - started < 10:
+                try:
+                    # Each caller's deadline is shorter than the connection's timeout.
+                    await asyncio.wait_for(connection.execute("PING"), 0.2)
+                    return time.monotonic() - started
+                except (TimeoutError, redis.exceptions.TimeoutError):
+                    pass
+            raise AssertionError("never answered again")
+        finally:
+            await connection.aclose()
+            await proxy.close()
+
+    assert asyncio.run(scenario()) < 2
+
+
+def test_a_server_that_refuses_the_connection_is_a_connection_error(
+    own_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis refuses a client over maxclients with an error it sends before any command."""
+    admin = redis.Redis(host="127.0.0.1", port=own_redis.port)
+    admin.config_set("maxclients", 1)
+
+    async def scenario() -> None:
+        connection = PipelinedConnection(own_redis.url)
+        try:
+            for _ in range(10):
+                with pytest.raises(redis.exceptions.ConnectionError):
+                    await connection.execute("PING")
+        finally:
+            await connection.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        admin.config_set("maxclients", 10000)
+        admin.close()
+
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -102,13 +102,19 @@ class PipelinedConnection:
 
 
 async def _handshake(protocol: "_ReplyProtocol", options: dict[str, Any]) -> None:
-    """Log in and choose the database, as the URL asks."""
+    """Log in and choose the database, as the URL asks, then wait for a PING's answer.
+
+    The connection is used only once Redis has answered: while it does not (paused, or a
+    replaced server whose old address still accepts connections), the callers wait for the
+    one connecting and send nothing, instead of queueing commands that nobody will wait for.
+    """
     commands: list[tuple[Any, ...]] = []
     if options.get("password"):
         user = options.get("username")
         commands.append(("AUTH", *([user] if user else []), options["password"]))
     if options.get("db"):
         commands.append(("SELECT", options["db"]))
+    commands.append(("PING",))
 
     for command in commands:
         reply = await protocol.send(hiredis.pack_command(command))
@@ -157,6 +163,11 @@ class _ReplyProtocol(asyncio.Protocol):
                 self.close(redis.exceptions.ConnectionError("Redis sent an unreadable reply"))
                 return
             if reply is False:
+                return
+            if not self._waiting:
+                # Redis speaks first only to refuse the connection (too many clients).
+                error = f"Redis sent a reply nobody asked for: {str(reply)[:200]}"
+                self.close(redis.exceptions.ConnectionError(error))
                 return
             waiter = self._waiting.popleft()
             self._sent_at.popleft()
