@@ -80,13 +80,20 @@ class Container:
         return self.workload["spec"]["template"]["metadata"].get("labels", {})
 
 
+class RenderError(Exception):
+    """kustomize could not render a target; the message is what it said."""
+
+
 def render(path: Path) -> Objects:
     kubectl = Path(sys.executable).parent / "kubectl"
     binary = str(kubectl) if kubectl.exists() else shutil.which("kubectl") or "kubectl"
-    output = subprocess.run(
-        [binary, "kustomize", str(path)], check=True, capture_output=True, text=True
-    ).stdout
-    return [document for document in yaml.safe_load_all(output) if document]
+    result = subprocess.run(
+        [binary, "kustomize", str(path)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RenderError(result.stderr.strip() or f"kubectl exited {result.returncode}")
+
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
 
 
 def check(objects: Objects) -> list[str]:
@@ -144,9 +151,17 @@ def port_problems(objects: Objects) -> Iterator[str]:
             yield f"{container.where}: container port {port} is not a port the server binds"
 
         for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
-            probed = _probe_port(container, container.spec.get(probe_name))
-            if probed is not None and probed not in bound:
-                yield f"{container.where}: {probe_name} uses port {probed}, which nothing binds"
+            probed = _probe_port(container.spec.get(probe_name))
+            if probed is None:
+                continue
+            number = _resolve_port(container, probed)
+            if number is None:
+                yield (
+                    f"{container.where}: {probe_name} uses port {probed}, which no container "
+                    "port is named"
+                )
+            elif number not in bound:
+                yield f"{container.where}: {probe_name} uses port {number}, which nothing binds"
 
     for service in _of_kind(objects, "Service"):
         selected = [c for c in _containers(objects) if _selects(service["spec"], c.labels)]
@@ -406,12 +421,15 @@ def _resolve_port(container: Container, port: int | str) -> int | None:
     return None
 
 
-def _probe_port(container: Container, probe: dict[str, Any] | None) -> int | None:
+def _probe_port(probe: dict[str, Any] | None) -> int | str | None:
+    """The port a probe names, as a number or a container port's name (None: no probe, or
+    one that opens no port)."""
     if not probe:
         return None
     for action in ("grpc", "httpGet", "tcpSocket"):
         if action in probe:
-            return _resolve_port(container, probe[action]["port"])
+            port: int | str = probe[action]["port"]
+            return port
     return None
 
 
@@ -555,8 +573,12 @@ def _rule_ports(rule: dict[str, Any]) -> list[int]:
 def main() -> int:
     failed = False
     for target in TARGETS:
-        problems = check(render(target))
         label = target.relative_to(REPO)
+        try:
+            problems = check(render(target))
+        except RenderError as exc:
+            problems = [f"kustomize cannot render it: {exc}"]
+
         if problems:
             failed = True
             print(f"{label}: {len(problems)} problem(s)")

@@ -76,6 +76,22 @@ def test_a_probe_on_the_wrong_port_is_caught(base: Objects) -> None:
     ]
 
 
+def test_a_probe_naming_no_container_port_is_caught(base: Objects) -> None:
+    def misspelt_probe(objects: Objects) -> None:
+        container(objects, "gateway")["livenessProbe"]["httpGet"]["port"] = "htp"
+
+    assert problems_after(base, misspelt_probe) == [
+        "Deployment/gateway/gateway: livenessProbe uses port htp, which no container port is named"
+    ]
+
+
+def test_a_target_kustomize_cannot_render_says_why(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n")
+
+    with pytest.raises(k8s_check.RenderError, match=r"missing\.yaml"):
+        k8s_check.render(tmp_path)
+
+
 def test_a_service_targeting_an_unserved_port_is_caught(base: Objects) -> None:
     def wrong_target(objects: Objects) -> None:
         find(objects, "Service", "keys")["spec"]["ports"][0]["targetPort"] = 50052
