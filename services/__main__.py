@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import Field
 
 from services.audience.settings import AudienceSettings
-from services.common import logs
+from services.common import children, logs
 from services.common.embedded_redis import EmbeddedRedis, EmbeddedRedisError, port_is_free
 from services.common.settings import BaseServiceSettings, SettingsError
 from services.gateway.settings import GatewaySettings
@@ -81,6 +81,7 @@ class Suite:
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=children.ending_with_this_process(),
             )
 
     def gateway_url(self) -> str:
@@ -110,6 +111,16 @@ class Suite:
         if redis_process is not None and redis_process.poll() is not None:
             return "redis"
         return ""
+
+    def how_it_ended(self, name: str) -> str:
+        """How a process that ``failed()`` names ended: its exit status or its signal."""
+        process = self.redis.process if name == "redis" and self.redis else self.processes[name]
+        status = process.poll() if process is not None else None
+        if status is None:
+            return "running"
+        if status < 0:
+            return f"killed by {signal.Signals(-status).name}"
+        return f"exit status {status}"
 
     def stop(self) -> None:
         for name in reversed(SERVICES):
@@ -239,7 +250,10 @@ def main() -> int:
                 break
             failed = suite.failed()
             if failed:
-                _LOGGER.error("a service exited; stopping the suite", extra={"svc": failed})
+                _LOGGER.error(
+                    "a service exited; stopping the suite",
+                    extra={"svc": failed, "ended": suite.how_it_ended(failed)},
+                )
                 status = 1
                 break
             time.sleep(0.2)

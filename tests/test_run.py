@@ -249,7 +249,30 @@ def test_the_suite_stops_when_its_redis_dies(suite_env: dict[str, str]) -> None:
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     [exited] = [line for line in lines if line["message"] == "a service exited; stopping the suite"]
     assert exited["svc"] == "redis"
+    assert exited["ended"] == "killed by SIGKILL"
     assert "suite stopped" in _log_messages(output)
+
+
+def test_nothing_outlives_a_run_killed_outright(suite_env: dict[str, str]) -> None:
+    """SIGKILL leaves the run no time to stop anything: its Redis and services, each in a
+    session of its own, must end by themselves and free the ports and the data folder."""
+    process = start_run(suite_env)
+    url = f"http://127.0.0.1:{suite_env['GATEWAY_PORT']}"
+    try:
+        _, ready = read_until(process, "embedded redis ready")
+        wait_ready(url, process)
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+    ports = [int(suite_env[p]) for p in ("KEYS_PORT", "AUDIENCE_PORT", "SEGMENT_PORT")]
+    ports += [int(suite_env["GATEWAY_PORT"]), ready["port"]]
+    deadline = time.monotonic() + 30
+    while any(_listening(port) for port in ports):
+        assert time.monotonic() < deadline, "a child of the run outlived it"
+        time.sleep(0.2)
 
 
 def test_the_suite_stops_when_its_parent_goes_away(suite_env: dict[str, str]) -> None:

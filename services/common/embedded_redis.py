@@ -17,6 +17,8 @@ from pathlib import Path
 
 import redis
 
+from services.common import children
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -161,6 +163,7 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             start_new_session=True,
+            preexec_fn=children.ending_with_this_process(),
         )
 
     def stop(self, timeout_seconds: float = 10.0) -> None:
