@@ -101,6 +101,7 @@ def check(objects: Objects) -> list[str]:
     return [
         *schema_problems(objects),
         *settings_problems(objects),
+        *reference_problems(objects),
         *port_problems(objects),
         *network_problems(objects),
         *open_rule_problems(objects),
@@ -136,6 +137,24 @@ def settings_problems(objects: Objects) -> Iterator[str]:
             yield f"{container.where}: {settings}"
         elif getattr(settings, "host", None) not in ALL_INTERFACES:
             yield f"{container.where}: listens on {settings.host}, unreachable from other pods"
+
+
+def reference_problems(objects: Objects) -> Iterator[str]:
+    """Variables taken from a ConfigMap or Secret key that the manifests do not hold: the
+    pod would not start."""
+    for container in _containers(objects):
+        for variable in container.spec.get("env", []):
+            reference = variable.get("valueFrom", {})
+            for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+                if key not in reference or reference[key].get("optional"):
+                    continue
+                name, wanted = reference[key]["name"], reference[key]["key"]
+                source = _find(objects, kind, name) or {}
+                if wanted not in {**source.get("data", {}), **source.get("stringData", {})}:
+                    yield (
+                        f"{container.where}: {variable['name']} comes from {kind}/{name} key "
+                        f"{wanted}, which the manifests do not hold"
+                    )
 
 
 def port_problems(objects: Objects) -> Iterator[str]:

@@ -60,6 +60,24 @@ def test_a_secret_setting_left_out_of_a_deployment_is_caught(base: Objects) -> N
     ]
 
 
+def test_a_setting_from_a_secret_key_that_is_not_there_is_caught(base: Objects) -> None:
+    def drop_password(objects: Objects) -> None:
+        del find(objects, "Secret", "mparticle-audiences")["stringData"]["REDIS_PASSWORD"]
+
+    problems = problems_after(base, drop_password)
+
+    assert sorted(problems) == [
+        f"{workload}: REDIS_PASSWORD comes from Secret/mparticle-audiences key REDIS_PASSWORD, "
+        "which the manifests do not hold"
+        for workload in (
+            "Deployment/audience/audience",
+            "Deployment/keys/keys",
+            "Deployment/segment/segment",
+            "StatefulSet/redis/redis",
+        )
+    ]
+
+
 def test_a_malformed_setting_is_caught(base: Objects) -> None:
     def bad_port(objects: Objects) -> None:
         find(objects, "ConfigMap", "mparticle-audiences")["data"]["SEGMENT_PORT"] = "http"

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import redis
 
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from protos.keys.v1 import keys_pb2, keys_pb2_grpc
@@ -93,6 +94,41 @@ def test_log_level_is_set_by_configuration(tmp_path: Path) -> None:
 
     levels = {line["level"] for s in ("gateway", "keys") for line in log_lines(suite, s)}
     assert levels <= {"WARNING", "ERROR", "CRITICAL"}
+
+
+def test_a_redis_password_kept_apart_from_the_url_is_used_and_never_logged(
+    tmp_path: Path,
+) -> None:
+    """REDIS_PASSWORD (from the Secret on Kubernetes) beside a REDIS_URL without one: every
+    path logs in with it, the audience service's shared connection included."""
+    password = "pw-" + os.urandom(8).hex()
+    suite = ProcessSuite(tmp_path, persistent=False, REDIS_PASSWORD=password)
+    suite.redis.password = password
+    suite.start()
+    try:
+        key = suite.create_api_key()
+        for name in ("02_audience_subscription_add.json", "05_membership_change_multi_user.json"):
+            reply = httpx.post(f"{suite.gateway_url}/mparticle", json=fixture_json(name, key))
+            assert reply.status_code == 200, reply.text
+
+        audience = suite.stub("audience", audience_pb2_grpc.AudienceServiceStub)
+        found = audience.GetUserAudiences(
+            audience_pb2.GetUserAudiencesRequest(account_id="acme", mpid=-6529143021980561334)
+        )
+        segment = suite.stub("segment", segment_pb2_grpc.SegmentServiceStub)
+        listed = segment.ListSegments(segment_pb2.ListSegmentsRequest(account_id="acme"))
+        # No client fell back on another after being refused (NOAUTH).
+        server = redis.Redis(port=suite.redis.port, password=password)
+        refused = server.info("errorstats")
+        server.close()
+    finally:
+        suite.stop()
+
+    assert list(found.audience_ids) == [90211, 90318]
+    assert "errorstat_NOAUTH" not in refused
+    assert {s.audience_id for c in listed.connectors for s in c.segments} == {90211, 90318}
+    for service in ("keys", "audience", "segment", "gateway"):
+        assert password not in suite.log(service)
 
 
 def test_redis_errors_and_shed_requests_are_counted(tmp_path: Path) -> None:

@@ -21,9 +21,12 @@ async def create_server(settings: AudienceSettings) -> GrpcServer:
     # TODO(#4): one process serves every call, so lookups top out at one core (about 390 µs
     # of CPU a lookup, most of it grpc.aio's own; docs/performance.md). Serving the port from
     # several processes would lift that where the callers run on other machines.
-    client = redis_helpers.connect(settings.redis_url)
+    password = settings.redis_password.get_secret_value()
+    client = redis_helpers.connect(settings.redis_url, password=password)
     try:
-        pipelined: PipelinedConnection | None = PipelinedConnection(settings.redis_url)
+        pipelined: PipelinedConnection | None = PipelinedConnection(
+            settings.redis_url, password=password
+        )
     except ValueError:
         pipelined = None  # TLS: the hot paths take the pooled client too
     store = AudienceStore(client, settings.ordering_window_seconds, pipelined=pipelined)

@@ -117,11 +117,14 @@ class EmbeddedRedis:
         port: int = 0,
         data_dir: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        password: str = "",
     ) -> None:
         self.binary = find_redis_server()
         self.port = port
         self.data_dir = data_dir
         self.extra_args = extra_args
+        # Required of clients when set (requirepass); ``url`` does not carry it.
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -193,11 +196,15 @@ class EmbeddedRedis:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             command += ["--dir", str(self.data_dir), "--appendonly", "yes"]
             command += ["--logfile", str(self.data_dir.resolve() / "redis.log")]
+        if self.password:
+            command += ["--requirepass", self.password]
         return command + list(self.extra_args)
 
     def _wait_ready(self, port: int, timeout_seconds: float) -> bool:
         assert self.process is not None
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+        client = redis.Redis(
+            host="127.0.0.1", port=port, password=self.password or None, socket_timeout=1
+        )
         deadline = time.monotonic() + timeout_seconds
         try:
             while time.monotonic() < deadline:

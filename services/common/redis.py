@@ -29,9 +29,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def connect(
-    url: str, *, timeout_seconds: float = 1.0, max_connections: int = 64
+    url: str, *, password: str = "", timeout_seconds: float = 1.0, max_connections: int = 64
 ) -> redis.asyncio.Redis:
-    """A client for ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+    """A client for ``url`` (``redis://``, ``rediss://`` or ``unix://``), logging in with
+    ``password`` when the URL carries none.
 
     Commands, and waits for one of the ``max_connections`` connections, give up after
     ``timeout_seconds``, so that a stalled server turns into an error a caller can retry
@@ -39,6 +40,7 @@ def connect(
     """
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
+        password=password or None,
         max_connections=max_connections,
         timeout=timeout_seconds,
         socket_timeout=timeout_seconds,

@@ -22,8 +22,9 @@ import redis.exceptions
 
 
 class PipelinedConnection:
-    def __init__(self, url: str, *, timeout_seconds: float = 1.0) -> None:
-        """A connection to ``url`` (``redis://`` or ``unix://``), opened at the first command.
+    def __init__(self, url: str, *, password: str = "", timeout_seconds: float = 1.0) -> None:
+        """A connection to ``url`` (``redis://`` or ``unix://``), opened at the first command,
+        logging in with ``password`` when the URL carries none.
 
         Each command, connecting included, gives up after ``timeout_seconds``. The connection
         is then closed, and so it is when a command finds one sent before it still waiting
@@ -31,7 +32,7 @@ class PipelinedConnection:
         cannot collect an ever longer queue of commands nobody waits for.
         """
         # redis-py reads the URL, so that both clients understand it alike.
-        pool = redis.asyncio.ConnectionPool.from_url(url)
+        pool = redis.asyncio.ConnectionPool.from_url(url, password=password or None)
         if pool.connection_class not in (
             redis.asyncio.Connection,
             redis.asyncio.UnixDomainSocketConnection,

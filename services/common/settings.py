@@ -8,7 +8,7 @@ that name.
 from collections.abc import Mapping
 from typing import Self
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +41,9 @@ class GrpcServiceSettings(BaseServiceSettings):
     """Settings of a gRPC service that keeps its state in Redis."""
 
     redis_url: str = Field(validation_alias="REDIS_URL", pattern=r"^(redis|rediss|unix)://")
+    # Redis's password, when REDIS_URL does not carry one: kept apart so that the URL can sit
+    # in plain configuration and the password in a secret.
+    redis_password: SecretStr = Field(SecretStr(""), validation_alias="REDIS_PASSWORD")
     # Seconds between readiness probes of Redis.
     readiness_interval_seconds: float = Field(
         1.0, validation_alias="READINESS_INTERVAL_SECONDS", gt=0

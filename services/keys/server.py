@@ -12,7 +12,8 @@ SERVICE_NAME = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 
 async def create_server(settings: KeysSettings) -> GrpcServer:
     """Build the keys server on settings.host:settings.port (0 picks a free port)."""
-    client = redis_helpers.connect(settings.redis_url)
+    password = settings.redis_password.get_secret_value()
+    client = redis_helpers.connect(settings.redis_url, password=password)
     store = KeyStore(client, settings.hash_secret.get_secret_value().encode())
     servicer = KeyServicer(store)
 

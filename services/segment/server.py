@@ -14,7 +14,8 @@ SERVICE_NAME = segment_pb2.DESCRIPTOR.services_by_name["SegmentService"].full_na
 
 async def create_server(settings: SegmentSettings) -> GrpcServer:
     """Build the segment server on settings.host:settings.port (0 picks a free port)."""
-    client = redis_helpers.connect(settings.redis_url)
+    password = settings.redis_password.get_secret_value()
+    client = redis_helpers.connect(settings.redis_url, password=password)
     audience_channel = grpc_client.channel(settings.audience_target)
     servicer = SegmentServicer(
         ConnectorStore(client),
