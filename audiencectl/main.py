@@ -354,9 +354,22 @@ def audiences() -> None:
 @pass_context
 def audiences_list(ctx: Context, account: str) -> None:
     """Every audience of the account, empty ones included."""
-    reply = ctx.call(
-        "audience", "ListAudiences", audience_pb2.ListAudiencesRequest(account_id=account)
-    )
+    found: dict[int, audience_pb2.Audience] = {}
+    token = ""
+    while True:
+        page = ctx.call(
+            "audience",
+            "ListAudiences",
+            audience_pb2.ListAudiencesRequest(
+                account_id=account, page_size=10_000, page_token=token
+            ),
+        )
+        found.update((a.audience_id, a) for a in page.audiences)
+        token = page.next_page_token
+        if not token:
+            break
+
+    reply = audience_pb2.ListAudiencesResponse(audiences=[found[a] for a in sorted(found)])
     rows = [
         (a.audience_id, a.name, a.connector_id, "yes" if a.subscribed else "no", a.member_count)
         for a in reply.audiences

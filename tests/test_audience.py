@@ -174,6 +174,60 @@ def test_page_tokens_are_checked(audience_stub: Any) -> None:
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def list_audience_pages(stub: Any, page_size: int, account: str = "acme") -> list[list[int]]:
+    """The audience ids of each page of ListAudiences, until the last."""
+    pages, token = [], ""
+    while True:
+        page = stub.ListAudiences(
+            audience_pb2.ListAudiencesRequest(
+                account_id=account, page_size=page_size, page_token=token, without_settings=True
+            )
+        )
+        pages.append([a.audience_id for a in page.audiences])
+        token = page.next_page_token
+        if not token:
+            return pages
+
+
+def test_audiences_page_through_each_at_least_once(audience_stub: Any) -> None:
+    """An account of thousands of audiences is listed in pages of about the size asked, so
+    that no call holds the service long; one of a few is listed in one page, in order."""
+    audience_stub.ApplyMembershipChanges(
+        audience_pb2.ApplyMembershipChangesRequest(
+            account_id="acme",
+            connector_id="con_1",
+            audiences=[
+                audience_pb2.AudienceChanges(audience_id=a, add_mpids=[a]) for a in range(1, 3001)
+            ],
+        )
+    )
+    for a in (5, 3, 9):
+        subscribe(audience_stub, a, account="small")
+
+    pages = list_audience_pages(audience_stub, page_size=250)
+
+    assert {a for page in pages for a in page} == set(range(1, 3001))
+    assert len(pages) >= 3000 // 500
+    assert max(len(page) for page in pages) < 500
+    assert all(page == sorted(page) for page in pages)
+    assert list_audience_pages(audience_stub, page_size=1, account="small") == [[3, 5, 9]]
+
+
+def test_audience_pages_are_checked(audience_stub: Any) -> None:
+    change(audience_stub, 7, add=list(range(1, 50)))
+    members = audience_stub.ListMembers(
+        audience_pb2.ListMembersRequest(account_id="acme", audience_id=7, page_size=5)
+    )
+    for request in (
+        audience_pb2.ListAudiencesRequest(account_id="acme", page_size=10_001),
+        audience_pb2.ListAudiencesRequest(account_id="acme", page_size=-1),
+        audience_pb2.ListAudiencesRequest(account_id="acme", page_token="garbage!"),
+        audience_pb2.ListAudiencesRequest(account_id="acme", page_token=members.next_page_token),
+    ):
+        error = rpc_error(audience_stub.ListAudiences, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+
+
 def test_unknown_audience_is_not_found_for_counts_and_members(audience_stub: Any) -> None:
     for call, request in (
         (

@@ -156,10 +156,7 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
     ) -> audience_pb2.ListMembersResponse:
         await require_id(context, "account_id", request.account_id)
         await require_audience_id(context, request.audience_id)
-        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-            await abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 0 to {MAX_PAGE_SIZE}"
-            )
+        await _require_page_size(context, request.page_size)
 
         try:
             page = await self._store.members_page(
@@ -182,12 +179,27 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
     ) -> audience_pb2.ListAudiencesResponse:
         await require_id(context, "account_id", request.account_id)
 
-        # TODO(#2): one answer holds all the account's audiences. Past about 100,000 (each
-        # membership change can name new ones), it takes longer than the segment service's
-        # deadline, so the segment list fails with UNAVAILABLE: page it.
-        records = await self._store.list(request.account_id)
-        audiences = [_to_proto(r, with_settings=not request.without_settings) for r in records]
-        return audience_pb2.ListAudiencesResponse(audiences=audiences)
+        await _require_page_size(context, request.page_size)
+
+        try:
+            page = await self._store.audiences_page(
+                request.account_id, request.page_size or DEFAULT_PAGE_SIZE, request.page_token
+            )
+        except BadPageToken as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+        settings = not request.without_settings
+        return audience_pb2.ListAudiencesResponse(
+            audiences=[_to_proto(r, with_settings=settings) for r in page.audiences],
+            next_page_token=page.next_page_token,
+        )
+
+
+async def _require_page_size(context: grpc.aio.ServicerContext, page_size: int) -> None:
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        await abort(
+            context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 0 to {MAX_PAGE_SIZE}"
+        )
 
 
 async def _source_time(context: grpc.aio.ServicerContext, timestamp_ms: int) -> int:

@@ -109,6 +109,12 @@ class MemberPage:
     next_page_token: str
 
 
+@dataclass(frozen=True)
+class AudiencePage:
+    audiences: list[AudienceRecord]
+    next_page_token: str
+
+
 class BadPageToken(ValueError):
     pass
 
@@ -269,15 +275,24 @@ class AudienceStore:
         fields = cast(dict[bytes, bytes], await self._redis.hgetall(name))
         return _record(audience_id, fields) if fields else None
 
-    async def list(self, account_id: str) -> list[AudienceRecord]:
-        """Every live audience of the account, ordered by audience id."""
+    async def audiences_page(
+        self, account_id: str, page_size: int, page_token: str
+    ) -> AudiencePage:
+        """About ``page_size`` live audiences of the account, ordered by audience id within
+        the page. The pages follow the index's HSCAN: every audience that lives through the
+        whole listing is on at least one page, and may be on two."""
         tag = _tag(account_id)
-        audience_ids = sorted(int(a) for a in await self._redis.hkeys(f"au:idx:{tag}"))
+        cursor, found = await self._redis.hscan(
+            f"au:idx:{tag}", _decode_scan_token(page_token), count=page_size
+        )
+        audience_ids = sorted(int(a) for a in found)
+
         async with self._redis.pipeline(transaction=False) as pipe:
             for audience_id in audience_ids:
                 pipe.hgetall(f"au:meta:{tag}:{audience_id}")
             rows = await pipe.execute()
-        return [_record(a, f) for a, f in zip(audience_ids, rows, strict=True) if f]
+        records = [_record(a, f) for a, f in zip(audience_ids, rows, strict=True) if f]
+        return AudiencePage(records, _encode_scan_token(cursor))
 
     async def members_page(
         self, account_id: str, audience_id: int, page_size: int, page_token: str
@@ -411,6 +426,31 @@ def _record(audience_id: int, fields: dict[bytes, bytes]) -> AudienceRecord:
         updated_at_ms=number(b"updated"),
         settings=orjson.loads(fields[b"settings"]) if fields.get(b"settings") else {},
     )
+
+
+_SCAN_TOKEN_PREFIX = "audiences:"
+
+
+def _encode_scan_token(cursor: int) -> str:
+    """The token of the page after the one HSCAN's ``cursor`` ended; none at the end."""
+    if not cursor:
+        return ""
+    raw = f"{_SCAN_TOKEN_PREFIX}{cursor}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_scan_token(token: str) -> int:
+    """The HSCAN cursor a token resumes from."""
+    if not token:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        cursor = int(raw.removeprefix(_SCAN_TOKEN_PREFIX))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadPageToken("malformed page_token") from None
+    if not raw.startswith(_SCAN_TOKEN_PREFIX) or not 0 < cursor < 2**64:
+        raise BadPageToken("page_token belongs to another listing")
+    return cursor
 
 
 def _encode_token(iid: str, bucket: int, after: int | None) -> str:

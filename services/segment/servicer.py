@@ -15,6 +15,9 @@ _LOGGER = logging.getLogger(__name__)
 _PASSING_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 MAX_NAME_LENGTH = 200
+# Audiences asked of the audience service a call: its pages' upper bound, so that the
+# segment list of an account of many audiences takes few calls, each short.
+AUDIENCES_PAGE_SIZE = 10_000
 
 
 class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
@@ -84,12 +87,7 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
 
         connectors = await self._store.list(request.account_id)
         try:
-            listing = await self._audiences.ListAudiences(
-                audience_pb2.ListAudiencesRequest(
-                    account_id=request.account_id, without_settings=True
-                ),
-                timeout=self._timeout,
-            )
+            audiences = await self._non_empty_audiences(request.account_id)
         except grpc.aio.AioRpcError as exc:
             _LOGGER.warning("audience service call failed", extra={"code": exc.code().name})
             if exc.code() in _PASSING_FAULTS:
@@ -97,9 +95,7 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
             await abort(context, grpc.StatusCode.INTERNAL, "the audience list could not be read")
 
         by_connector: dict[str, list[segment_pb2.Segment]] = defaultdict(list)
-        for audience in listing.audiences:
-            if audience.member_count == 0:
-                continue
+        for audience in audiences:
             segment = segment_pb2.Segment(
                 audience_id=audience.audience_id,
                 name=audience.name,
@@ -119,6 +115,26 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
                 for c in connectors
             ]
         )
+
+    async def _non_empty_audiences(self, account_id: str) -> list[audience_pb2.Audience]:
+        """The account's audiences with members, each once, page by page: every call has
+        the deadline of one."""
+        found: dict[int, audience_pb2.Audience] = {}
+        token = ""
+        while True:
+            page = await self._audiences.ListAudiences(
+                audience_pb2.ListAudiencesRequest(
+                    account_id=account_id,
+                    without_settings=True,
+                    page_size=AUDIENCES_PAGE_SIZE,
+                    page_token=token,
+                ),
+                timeout=self._timeout,
+            )
+            found.update((a.audience_id, a) for a in page.audiences if a.member_count > 0)
+            token = page.next_page_token
+            if not token:
+                return list(found.values())
 
 
 def _to_proto(record: ConnectorRecord) -> segment_pb2.Connector:

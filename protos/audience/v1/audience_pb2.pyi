@@ -185,15 +185,21 @@ class ListMembersResponse(_message.Message):
     def __init__(self, mpids: _Optional[_Iterable[int]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListAudiencesRequest(_message.Message):
-    __slots__ = ("account_id", "without_settings")
+    __slots__ = ("account_id", "without_settings", "page_size", "page_token")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     WITHOUT_SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     without_settings: bool
-    def __init__(self, account_id: _Optional[str] = ..., without_settings: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., without_settings: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListAudiencesResponse(_message.Message):
-    __slots__ = ("audiences",)
+    __slots__ = ("audiences", "next_page_token")
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     audiences: _containers.RepeatedCompositeFieldContainer[Audience]
-    def __init__(self, audiences: _Optional[_Iterable[_Union[Audience, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, audiences: _Optional[_Iterable[_Union[Audience, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

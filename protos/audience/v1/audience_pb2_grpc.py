@@ -132,8 +132,11 @@ class AudienceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAudiences(self, request, context):
-        """Every audience of an account that has not been removed, empty ones included,
-        ordered by audience id.
+        """Pages through the audiences of an account that have not been removed, empty ones
+        included, so that no call holds the service long however many audiences an account
+        has. An audience present for the whole iteration is returned at least once, and may
+        be returned on two pages; callers that need each once, or an order, keep them by
+        audience_id. INVALID_ARGUMENT for a bad page_size or page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
