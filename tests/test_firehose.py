@@ -1,7 +1,9 @@
-"""The two ways the gateway reads a membership change agree: the fast typed decoder and
-the lenient path that checks each profile and entry on its own; and the lenient path's
-memory stays that of the message's own objects."""
+"""The three ways the gateway reads a membership change agree: the fast typed decoder, the
+per-profile path that splits the body and reads each profile on its own, and the lenient
+path that reads the whole body as Python objects; and the lenient path's memory stays that
+of the message's own objects."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +30,17 @@ ENTRIES = st.fixed_dictionaries(
     },
     optional={"audience_name": st.one_of(st.text(max_size=5), st.just("x" * 1030), st.none())},
 )
-PROFILES = st.fixed_dictionaries(
-    {"mpid": MPIDS},
-    optional={
-        "audiences": st.one_of(st.none(), st.lists(ENTRIES, max_size=4)),
-        "user_identities": st.just([{"type": "email", "encoding": "raw", "value": "a@b.c"}]),
-    },
+PROFILES: st.SearchStrategy[Any] = st.one_of(
+    st.fixed_dictionaries(
+        {"mpid": MPIDS},
+        optional={
+            "audiences": st.one_of(st.none(), st.lists(ENTRIES, max_size=4)),
+            "user_identities": st.just([{"type": "email", "encoding": "raw", "value": "a@b.c"}]),
+            # The pre-2.0 shape, skipped where audiences is absent or null.
+            "added_audiences": st.just([{"audience_id": 1}]),
+        },
+    ),
+    st.sampled_from([{}, [], "x", None, {"mpid": "1", "audiences": "x"}]),
 )
 MESSAGES = st.fixed_dictionaries(
     {
@@ -41,7 +48,10 @@ MESSAGES = st.fixed_dictionaries(
         "account": st.just({"account_id": 1, "account_settings": {"apiKey": "k"}}),
         "user_profiles": st.one_of(st.none(), st.lists(PROFILES, max_size=6)),
     },
-    optional={"id": st.just("x"), "timestamp_ms": st.sampled_from([1, 2**63 - 1, -1, "5"])},
+    optional={
+        "id": st.just("x"),
+        "timestamp_ms": st.sampled_from([1, 2**63 - 1, -1, "5", 10**70, 7 * (10**500 // 9)]),
+    },
 )
 
 
@@ -61,18 +71,57 @@ def summary(envelope: Any, membership: Any, batch: Any) -> tuple[Any, ...]:
         batch.latest,
         batch.names,
         batch.entries,
+        batch.skipped_profiles,
+        batch.skipped_entries,
+        batch.first_problem,
     )
+
+
+def by_profile(body: bytes, lenient_parts: list[bytes] | None = None) -> tuple[Any, ...] | None:
+    def before_lenient(part: bytes) -> None:
+        if lenient_parts is not None:
+            lenient_parts.append(part)
+
+    try:
+        message = firehose._read_membership_by_profile(body, before_lenient)
+    except firehose.ApiError as error:
+        return ("error", error.status)
+    if message is None:
+        return None
+    return summary(message.envelope, message.membership, message.batch)
 
 
 @settings(max_examples=300, deadline=None)
 @given(MESSAGES)
 def test_fast_and_lenient_paths_agree_when_both_read_a_message(message: dict) -> None:
-    body = orjson.dumps(message, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+    # The standard encoder writes integers of any size, as a sender may.
+    body = json.dumps(message).encode()
 
     fast = firehose._read_membership_fast(body)
 
     if fast is not None:
         assert summary(fast.envelope, fast.membership, fast.batch) == lenient(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(MESSAGES)
+def test_the_per_profile_and_lenient_paths_agree(message: dict) -> None:
+    # The standard encoder writes integers of any size, as a sender may.
+    body = json.dumps(message).encode()
+
+    assert by_profile(body) == lenient(body)
+
+
+def test_one_bad_profile_among_many_is_the_only_one_read_as_python_objects() -> None:
+    good = [{"mpid": str(i), "audiences": [{"audience_id": 1, "action": "add"}]} for i in range(9)]
+    bad = {"mpid": "1e3", "audiences": [{"audience_id": 1, "action": "add"}]}
+    body = orjson.dumps({"type": firehose.MEMBERSHIP, "account": {}, "user_profiles": [*good, bad]})
+    read_leniently: list[bytes] = []
+
+    read = by_profile(body, read_leniently)
+
+    assert read == lenient(body)
+    assert read_leniently == [orjson.dumps(bad)]
 
 
 # Strings Python's int() reads, or that look like digits, which no MPID may be.

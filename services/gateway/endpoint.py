@@ -6,7 +6,6 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -122,11 +121,16 @@ class MparticleEndpoint:
                 raise _unauthorized() from None
             raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes") from None
 
-        # What parsing makes of the body, held until the answer; more should it need the
-        # lenient path.
+        # What parsing makes of the body, held until the answer; more should it, or one of
+        # its profiles, need the lenient rules.
         typed_cost = parse_cost(body)
         memory.take(typed_cost)
-        message = await self._read(body, lambda: memory.take(lenient_parse_cost(body) - typed_cost))
+
+        def before_lenient(part: bytes) -> None:
+            # The whole body is read instead of by the typed decoder; a profile beside it.
+            memory.take(lenient_parse_cost(part) - (typed_cost if part is body else 0))
+
+        message = await self._read(body, before_lenient)
 
         envelope = message.envelope
         request.state.message_type = envelope.type
@@ -146,7 +150,7 @@ class MparticleEndpoint:
         assert message.membership is not None and message.batch is not None
         return await self._membership(request, envelope, message.membership, message.batch)
 
-    async def _read(self, body: bytes, before_lenient: Callable[[], None]) -> firehose.Message:
+    async def _read(self, body: bytes, before_lenient: firehose.BeforeLenient) -> firehose.Message:
         if len(body) <= LARGE_BODY_BYTES:
             return firehose.read_message(body, before_lenient)
         async with self._large_bodies:

@@ -13,7 +13,7 @@ Firehose version). Display text is cut to a bounded length rather than refused.
 import json
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, TypeVar
 
@@ -179,10 +179,10 @@ class UserProfile(TypedDict):
     audiences: NotRequired[list[Any] | None]
 
 
-# A whole list is tried first; at its first bad item the items are read one by one, each
-# kept or skipped. Without fail_fast, the first try would describe every bad item, hundreds
-# of bytes each: a few megabytes of "{}" entries would take gigabytes.
-_PROFILES = TypeAdapter(Annotated[list[UserProfile], Field(fail_fast=True)])
+# Profiles are read one at a time, each kept or skipped. A profile's entries are tried as a
+# whole list first; at its first bad entry they are read one by one. Without fail_fast, the
+# first try would describe every bad entry, hundreds of bytes each: a few megabytes of "{}"
+# entries would take gigabytes.
 _PROFILE = TypeAdapter(UserProfile)
 _ENTRIES = TypeAdapter(Annotated[list[AudienceEntry], Field(fail_fast=True)])
 _ENTRY = TypeAdapter(AudienceEntry)
@@ -213,19 +213,25 @@ class Message:
     batch: MembershipBatch | None = None
 
 
-def read_message(body: bytes, before_lenient: Callable[[], object] = lambda: None) -> Message:
+# Called with the JSON text that the lenient rules are about to read as Python objects: the
+# whole body, or one profile of it.
+BeforeLenient = Callable[[bytes], object]
+
+
+def read_message(body: bytes, before_lenient: BeforeLenient = lambda part: None) -> Message:
     """Parse and check a request body; raises ApiError (4xx) when it cannot be read.
 
-    ``before_lenient`` is called when the body needs the lenient path, before it starts
-    (the gateway's memory budget takes what that path costs).
+    ``before_lenient`` is called before the lenient rules read the body, or one of its
+    profiles, as Python objects (the gateway's memory budget takes what that costs).
     """
     fast = _read_membership_fast(body)
     if fast is not None:
         return fast
+    by_profile = _read_membership_by_profile(body, before_lenient)
+    if by_profile is not None:
+        return by_profile
 
-    # TODO(#6): read a large body's profiles one at a time here, so that one bad profile
-    # does not cost the memory of the whole batch as Python objects (docs/failure-modes.md).
-    before_lenient()
+    before_lenient(body)
     document = parse_json(body)
     envelope = read_envelope(document)
 
@@ -240,7 +246,7 @@ def read_message(body: bytes, before_lenient: Callable[[], object] = lambda: Non
 # The fast path: a well-formed membership change, decoded straight into typed structs by
 # msgspec, which skips the fields nobody reads (identities, attributes) without building
 # them. Anything it does not accept as is (a bad MPID, an over-long name, a loose type, the
-# legacy shape...) goes to the lenient path above, which checks each part on its own. On
+# legacy shape...) goes to the per-profile path below, which checks each part on its own. On
 # input both accept, both give the same result (tests/test_firehose.py). A large batch decodes
 # into thousands of structs; none can be part of a reference cycle, so they are kept out of
 # the cyclic garbage collector (gc=False), which would otherwise scan them over and over.
@@ -292,7 +298,8 @@ def _read_membership_fast(body: bytes) -> Message | None:
 
     try:
         decoded = _FAST_DECODER.decode(text)
-        batch = _collect_fast(decoded.user_profiles or [])
+        batch = MembershipBatch()
+        _collect_fast(decoded.user_profiles or [], batch)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, _NotFast):
         return None
 
@@ -307,8 +314,9 @@ def _read_membership_fast(body: bytes) -> Message | None:
     return Message(envelope, membership=membership, batch=batch)
 
 
-def _collect_fast(profiles: list[_FastProfile]) -> MembershipBatch:
-    batch = MembershipBatch()
+def _collect_fast(profiles: Sequence[_FastProfile], batch: MembershipBatch) -> None:
+    """Adds the profiles' changes to ``batch``; raises _NotFast, before adding anything of
+    that profile, at the first profile the fast path does not take as is."""
     latest, names = batch.latest, batch.names
     entries = 0
     for profile in profiles:
@@ -345,8 +353,60 @@ def _collect_fast(profiles: list[_FastProfile]) -> MembershipBatch:
             # An audience's entries repeat its name: only a new one is checked.
             if name and names.get(audience_id) != name and not _is_blank(name):
                 names[audience_id] = name
-    batch.entries = entries
-    return batch
+    batch.entries += entries
+
+
+# The per-profile path: a membership change the fast path refused, most often for one bad
+# profile among good ones. msgspec splits it without building its values: the envelope's
+# fields and each profile stay slices of the body. The envelope is read by the lenient rules,
+# each profile by the fast decoder or, failing that, by the lenient rules on its own, so
+# that memory stays that of the typed decoder rather than of the whole batch as Python
+# objects. A body msgspec cannot split (not JSON, a lone surrogate, profiles that are not a
+# list) takes the lenient path.
+
+
+class _SplitMembership(msgspec.Struct):
+    type: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    id: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    timestamp_ms: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    firehose_version: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    account: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    user_profiles: list[msgspec.Raw] | None = None
+
+
+_SPLIT_DECODER = msgspec.json.Decoder(_SplitMembership)
+_PROFILE_DECODER = msgspec.json.Decoder(_FastProfile)
+_ENVELOPE_FIELDS = ("type", "id", "timestamp_ms", "firehose_version", "account")
+
+
+def _read_membership_by_profile(body: bytes, before_lenient: BeforeLenient) -> Message | None:
+    try:
+        # The whole body must be UTF-8, the parts that nobody reads included.
+        text = body.decode("utf-8").removeprefix("\ufeff")
+        split = _SPLIT_DECODER.decode(text)
+    except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    document = {
+        name: _parse_value(raw)
+        for name in _ENVELOPE_FIELDS
+        if not isinstance(raw := getattr(split, name), msgspec.UnsetType)
+    }
+    if document.get("type") != MEMBERSHIP:
+        return None
+
+    envelope = read_envelope(document)
+    request = _validate(MembershipRequest, document)
+    batch = MembershipBatch()
+    _collect_profiles(split.user_profiles or [], batch, before_lenient)
+    return Message(envelope, membership=request, batch=batch)
+
+
+def _parse_value(raw: msgspec.Raw | bytes) -> Any:
+    """One JSON value the body holds, read as the lenient path reads the whole body."""
+    try:
+        return orjson.loads(memoryview(raw))
+    except orjson.JSONDecodeError:
+        return _parse_json_slowly(bytes(raw))
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -392,6 +452,11 @@ def _bounded_int(digits: str) -> int | str:
 def _replace_lone_surrogates(document: Any) -> Any:
     """Strings with an escaped lone surrogate (\\ud800) cannot be sent on as UTF-8; each such
     character becomes U+FFFD, so the value fails or passes on its own merits."""
+    if isinstance(document, str):
+        return _SURROGATE.sub("\ufffd", document)
+    if not isinstance(document, dict | list):
+        return document
+
     stack = [document]
     while stack:
         node = stack.pop()
@@ -416,43 +481,57 @@ def read_envelope(document: dict[str, Any]) -> Envelope:
 def read_membership(document: dict[str, Any]) -> tuple[MembershipRequest, MembershipBatch]:
     request = _validate(MembershipRequest, document)
     batch = MembershipBatch()
-    profiles = _without_legacy_profiles(request.user_profiles or [], batch)
-
-    try:
-        valid = list(enumerate(_PROFILES.validate_python(profiles)))
-    except ValidationError:
-        valid = _valid_profiles_one_by_one(profiles, batch)
-
-    for index, profile in valid:
-        _collect(index, profile, batch)
+    _collect_profiles(request.user_profiles or [], batch)
     return request, batch
 
 
-def _without_legacy_profiles(profiles: list[Any], batch: MembershipBatch) -> list[Any]:
-    """Profiles from before Firehose 2.0 carried added_audiences and removed_audiences. They
-    are skipped; a message made only of them is refused, never silently ignored."""
-    legacy = [index for index, profile in enumerate(profiles) if _is_legacy(profile)]
-    if not legacy:
-        return profiles
+def _collect_profiles(
+    profiles: Sequence[Any],
+    batch: MembershipBatch,
+    before_lenient: BeforeLenient = lambda part: None,
+) -> None:
+    """Adds each profile's changes to ``batch``, or skips and counts it. A profile is a
+    Python value, or a slice of the body (msgspec.Raw) that the fast decoder tries first
+    (``before_lenient`` is called before such a slice is read by the lenient rules).
 
-    path = f"$.user_profiles[{legacy[0]}]"
-    if len(legacy) == len(profiles):
+    Profiles from before Firehose 2.0 carried added_audiences and removed_audiences. They
+    are skipped too; a message made only of them is refused, never silently ignored.
+    """
+    first_legacy = -1
+    legacy = 0
+    for index, profile in enumerate(profiles):
+        if isinstance(profile, msgspec.Raw):
+            try:
+                _collect_fast((_PROFILE_DECODER.decode(profile),), batch)
+                continue
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, _NotFast):
+                text = bytes(profile)
+                before_lenient(text)
+                profile = _parse_value(text)
+
+        where = f"$.user_profiles[{index}]"
+        if _is_legacy(profile):
+            legacy += 1
+            first_legacy = index if first_legacy < 0 else first_legacy
+            batch.skipped_profiles += 1
+            batch.first_problem = batch.first_problem or where
+            continue
+        try:
+            valid = _PROFILE.validate_python(profile)
+        except ValidationError as exc:
+            batch.skipped_profiles += 1
+            batch.first_problem = batch.first_problem or _path(exc, where)
+            continue
+        _collect(index, valid, batch)
+
+    if legacy and legacy == len(profiles):
         raise ApiError(
             400,
             "unsupported_format",
             "added_audiences and removed_audiences are the pre-2.0 Firehose format; "
             "send audiences[] with an action",
-            path,
+            f"$.user_profiles[{first_legacy}]",
         )
-    batch.skipped_profiles += len(legacy)
-    batch.first_problem = path
-    skipped = set(legacy)
-    # Keep the original positions, so that paths in the log point at the right profile.
-    return [_SKIPPED if i in skipped else p for i, p in enumerate(profiles)]
-
-
-# Stands in for a profile already skipped (and counted), keeping the others' positions.
-_SKIPPED = object()
 
 
 def _is_legacy(profile: Any) -> bool:
@@ -463,21 +542,6 @@ def _is_legacy(profile: Any) -> bool:
         and profile.get("audiences") is None
         and ("added_audiences" in profile or "removed_audiences" in profile)
     )
-
-
-def _valid_profiles_one_by_one(
-    profiles: list[Any], batch: MembershipBatch
-) -> list[tuple[int, UserProfile]]:
-    valid = []
-    for index, raw in enumerate(profiles):
-        if raw is _SKIPPED:
-            continue
-        try:
-            valid.append((index, _PROFILE.validate_python(raw)))
-        except ValidationError as exc:
-            batch.skipped_profiles += 1
-            batch.first_problem = batch.first_problem or _path(exc, f"$.user_profiles[{index}]")
-    return valid
 
 
 def _collect(index: int, profile: UserProfile, batch: MembershipBatch) -> None:

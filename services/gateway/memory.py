@@ -4,7 +4,8 @@ Each body is bounded alone (``GATEWAY_MAX_BODY_BYTES``), but up to ``GATEWAY_MAX
 requests are served at once, and parsing makes objects of a body that take several times its
 size (about 28 times for a body of "{}"). So each request reserves what its body costs, its
 bytes as they arrive, then an estimate of what the typed decoder makes of them and, should
-the body need the lenient path (firehose.py), of what that makes of them, from one budget
+the body or some of its profiles need the lenient rules (firehose.py), of what those make
+of them, from one budget
 (``GATEWAY_MEMORY_BUDGET_BYTES``). A request that finds the budget spent is answered 429,
 which mParticle retries once others are done; one that could not fit even alone, 413.
 """
