@@ -4,14 +4,17 @@ with a code mParticle would retry for ever or drop for good without cause."""
 
 import gzip
 import json
+import logging
 import re
 import socket
 import time
 from typing import Any
 
+import grpc
 import httpx
 import orjson
 import pytest
+import redis
 
 from protos.audience.v1 import audience_pb2
 from protos.keys.v1 import keys_pb2
@@ -658,3 +661,38 @@ def test_a_head_under_the_limit_and_a_large_body_are_served(
     response = http.post("/mparticle", json=body, headers={"X-Padding": padding})
 
     assert response.status_code == 200
+
+
+def test_a_fault_of_ours_is_500_and_its_details_reach_the_log_only(
+    http: httpx.Client,
+    tenant: Tenant,
+    audience_stub: Any,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Data the store cannot have written (the audience index a string, not a hash) fails
+    every change of the account: 500, which mParticle retries until the fault is mended,
+    with a generic message; the traceback goes to the audience service's log."""
+    redis_client.set("au:idx:{acme}", "not a hash")
+
+    with caplog.at_level(logging.ERROR, logger="services.common.interceptors"):
+        response = http.post("/mparticle", json=membership(tenant.api_key, profile("1")))
+    with pytest.raises(grpc.RpcError) as lookup:
+        audience_stub.CheckMembership(
+            audience_pb2.CheckMembershipRequest(account_id="acme", audience_id=5, mpid=1)
+        )
+
+    assert response.status_code == 500, response.text
+    assert response.json() == {
+        "error": {
+            "code": "internal",
+            "message": "audience is unavailable, retry later",
+            "path": None,
+        }
+    }
+    assert lookup.value.code() == grpc.StatusCode.INTERNAL
+    assert lookup.value.details() == "internal error"
+    logged = [r for r in caplog.records if r.getMessage() == "unexpected error"]
+    assert len(logged) == 2  # the change's call and the lookup's
+    assert all(r.exc_info and "WRONGTYPE" in str(r.exc_info[1]) for r in logged)
+    assert "WRONGTYPE" not in response.text
