@@ -67,7 +67,9 @@ class Suite:
         self._check_ports()
 
         if not self.settings.redis_url:
-            self.redis = EmbeddedRedis(port=self.settings.redis_port, data_dir=data_dir).start()
+            self.redis = EmbeddedRedis(
+                port=self.settings.redis_port, data_dir=data_dir, end_with_parent=True
+            ).start()
             self.env["REDIS_URL"] = self.redis.url
             _LOGGER.info("redis started", extra={"url": self.redis.url, "data": str(data_dir)})
         else:

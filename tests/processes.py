@@ -15,7 +15,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.keys.v1 import keys_pb2, keys_pb2_grpc
 from protos.segment.v1 import segment_pb2, segment_pb2_grpc
-from services.common import children
 from services.common.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import REPO
 
@@ -88,7 +87,6 @@ class ProcessSuite:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=children.ending_with_this_process(),
             )
 
     def signal(self, name: str, signum: int) -> None:

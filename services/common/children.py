@@ -1,10 +1,13 @@
 """Child processes that end with the process that started them.
 
-``make run``, the tests and the bench start Redis and the services as child processes, each
-in a session of its own so that a terminal's Ctrl-C reaches the supervisor alone. Should the
-supervisor be killed outright (SIGKILL, a test runner's timeout), nothing would stop them:
-they would keep the ports and the data folder of the next run. On Linux the kernel sends
-them SIGTERM instead, as on an orderly stop.
+``make run`` starts Redis and the services as child processes, each in a session of its own
+so that a terminal's Ctrl-C reaches the supervisor alone. Should the supervisor be killed
+outright (SIGKILL), nothing would stop them: they would keep the ports and the data folder
+of the next run. On Linux the kernel sends them SIGTERM instead, as on an orderly stop.
+
+Only for a parent that runs no gRPC: a ``preexec_fn`` makes ``subprocess`` fork the whole
+process instead of spawning, and a child forked beside gRPC's threads can die in gRPC's fork
+handlers before it runs anything.
 """
 
 import ctypes

@@ -118,6 +118,7 @@ class EmbeddedRedis:
         data_dir: Path | None = None,
         extra_args: tuple[str, ...] = (),
         password: str = "",
+        end_with_parent: bool = False,
     ) -> None:
         self.binary = find_redis_server()
         self.port = port
@@ -125,6 +126,8 @@ class EmbeddedRedis:
         self.extra_args = extra_args
         # Required of clients when set (requirepass); ``url`` does not carry it.
         self.password = password
+        # SIGTERM the server when the thread that started it ends (children.py says where not).
+        self.end_with_parent = end_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -166,7 +169,7 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             start_new_session=True,
-            preexec_fn=children.ending_with_this_process(),
+            preexec_fn=children.ending_with_this_process() if self.end_with_parent else None,
         )
 
     def stop(self, timeout_seconds: float = 10.0) -> None:
