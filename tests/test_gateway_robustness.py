@@ -696,3 +696,24 @@ def test_a_fault_of_ours_is_500_and_its_details_reach_the_log_only(
     assert len(logged) == 2  # the change's call and the lookup's
     assert all(r.exc_info and "WRONGTYPE" in str(r.exc_info[1]) for r in logged)
     assert "WRONGTYPE" not in response.text
+
+
+def test_a_head_arriving_in_pieces_on_a_kept_alive_connection_has_the_whole_deadline(
+    stack: Stack,
+) -> None:
+    """The next head may take GATEWAY_HEADER_TIMEOUT_SECONDS from the previous answer, in
+    pieces, past uvicorn's own idle timer (5 s unless told otherwise)."""
+    url = httpx.URL(stack.start_gateway(header_timeout_seconds=7))
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    with socket.create_connection((url.host, url.port), timeout=10) as connection:
+        connection.sendall(request)
+        first = connection.recv(65536)
+        time.sleep(1)
+        connection.sendall(request[:20])
+        time.sleep(4.5)
+        connection.sendall(request[20:])
+        second = connection.recv(65536)
+
+    assert first.startswith(b"HTTP/1.1 200")
+    assert second.startswith(b"HTTP/1.1 200"), second

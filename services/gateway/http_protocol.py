@@ -103,6 +103,8 @@ def with_header_timeout(seconds: float) -> type[HttpToolsProtocol]:
             if end < 0 and _REQUEST_START.match(buffer) and not _CONTROL.search(buffer, searched):
                 if buffer is data:
                     self._head = bytearray(data)
+                # A head is arriving: the head's deadline, not uvicorn's idle timer, bounds it.
+                self._unset_keepalive_if_required()
                 return b""
 
             self._head = bytearray()

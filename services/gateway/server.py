@@ -1,6 +1,8 @@
 """The gateway's HTTP server: the Starlette app on uvicorn, configured from settings. Building
 one does not start it; with port 0 it binds a free port (read it back once started)."""
 
+import math
+
 import uvicorn
 
 from services.gateway.app import create_app
@@ -15,6 +17,9 @@ def create_server(settings: GatewaySettings) -> uvicorn.Server:
             host=settings.host,
             port=settings.port,
             http=with_header_timeout(settings.header_timeout_seconds),
+            # An idle connection is one whose next head has not arrived: the head's deadline
+            # closes it, and uvicorn's own idle timer must not fire first.
+            timeout_keep_alive=math.ceil(settings.header_timeout_seconds) + 1,
             lifespan="on",
             log_config=None,
             access_log=False,
