@@ -174,6 +174,9 @@ def test_redis_paused_with_sigstop(suite: ProcessSuite, sender: Sender) -> None:
     member = min(sender.accepted)
     os.kill(suite.redis.process.pid, signal.SIGSTOP)
     try:
+        # Not ready within the check's interval (0.2 s here) and its bound (0.5 s), not
+        # after the Redis client's own timeouts and retries (3 s and more).
+        wait_for(lambda: readyz(suite) == 503, timeout=1.5)
         assert_fault_answers(sender)
         assert_lookups_unavailable(suite, member, within=STALLED_LOOKUP_WITHIN_SECONDS)
         wait_for(lambda: suite.health("audience") == NOT_SERVING)

@@ -33,6 +33,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # its dependencies. The overall status ("") and each service's status follow readiness.
 LIVENESS = "liveness"
 
+# Longest wait for a readiness check (and no longer than its interval); Redis answers a
+# PING in well under a millisecond.
+READINESS_TIMEOUT_SECONDS = 0.5
+
 # Past its grace period, a stop that is still waiting is stuck, not finishing calls.
 STOP_MARGIN_SECONDS = 5.0
 
@@ -63,8 +67,9 @@ class GrpcServer:
     ) -> None:
         """Build (not start) a server for ``bindings`` on ``address`` ("host:port").
 
-        ``readiness`` is polled every ``readiness_interval_seconds``; the health status of the
-        server and of each service follows it. Prometheus metrics are served over HTTP on the
+        ``readiness`` is polled every ``readiness_interval_seconds`` and must answer within
+        that interval and READINESS_TIMEOUT_SECONDS; the health status of the server and of
+        each service follows it. Prometheus metrics are served over HTTP on the
         address's host and ``metrics_port`` (0 picks one; None serves none; read
         ``metrics_port`` back after start). ``background`` loops run while the server
         serves and are cancelled when it stops. ``on_stop`` runs after the last call finished.
@@ -147,8 +152,13 @@ class GrpcServer:
             await self._check_readiness()
 
     async def _check_readiness(self) -> None:
+        # A dependency that does not answer at once is not ready: a paused Redis must not
+        # keep the service SERVING while the client's timeouts and retries run.
         try:
-            ready = await self._readiness()
+            async with asyncio.timeout(min(self._interval, READINESS_TIMEOUT_SECONDS)):
+                ready = await self._readiness()
+        except TimeoutError:
+            ready = False
         except Exception:
             _LOGGER.exception("readiness check failed")
             ready = False
