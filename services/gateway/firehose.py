@@ -497,7 +497,6 @@ def _collect_profiles(
     Profiles from before Firehose 2.0 carried added_audiences and removed_audiences. They
     are skipped too; a message made only of them is refused, never silently ignored.
     """
-    first_legacy = -1
     legacy = 0
     for index, profile in enumerate(profiles):
         if isinstance(profile, msgspec.Raw):
@@ -509,18 +508,16 @@ def _collect_profiles(
                 before_lenient(text)
                 profile = _parse_value(text)
 
-        where = f"$.user_profiles[{index}]"
         if _is_legacy(profile):
             legacy += 1
-            first_legacy = index if first_legacy < 0 else first_legacy
             batch.skipped_profiles += 1
-            batch.first_problem = batch.first_problem or where
+            batch.first_problem = batch.first_problem or f"$.user_profiles[{index}]"
             continue
         try:
             valid = _PROFILE.validate_python(profile)
         except ValidationError as exc:
             batch.skipped_profiles += 1
-            batch.first_problem = batch.first_problem or _path(exc, where)
+            batch.first_problem = batch.first_problem or _path(exc, f"$.user_profiles[{index}]")
             continue
         _collect(index, valid, batch)
 
@@ -530,7 +527,7 @@ def _collect_profiles(
             "unsupported_format",
             "added_audiences and removed_audiences are the pre-2.0 Firehose format; "
             "send audiences[] with an action",
-            f"$.user_profiles[{first_legacy}]",
+            "$.user_profiles[0]",
         )
 
 
