@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.gateway import firehose
+from services.gateway import firehose, memory
 
 MPIDS = st.one_of(
     st.integers(-(2**63), 2**63 - 1),
@@ -77,13 +77,23 @@ def summary(envelope: Any, membership: Any, batch: Any) -> tuple[Any, ...]:
     )
 
 
-def by_profile(body: bytes, lenient_parts: list[bytes] | None = None) -> tuple[Any, ...] | None:
-    def before_lenient(part: bytes) -> None:
-        if lenient_parts is not None:
-            lenient_parts.append(part)
+class Ledger:
+    """A memory budget without a limit that keeps its accounts."""
 
+    def __init__(self) -> None:
+        self.taken: list[int] = []
+        self.given_back: list[int] = []
+
+    def take(self, size: int) -> None:
+        self.taken.append(size)
+
+    def give_back(self, size: int) -> None:
+        self.given_back.append(size)
+
+
+def by_profile(body: bytes, ledger: Ledger | None = None) -> tuple[Any, ...] | None:
     try:
-        message = firehose._read_membership_by_profile(body, before_lenient)
+        message = firehose._read_membership_by_profile(body, ledger or firehose.UNBOUNDED)
     except firehose.ApiError as error:
         return ("error", error.status)
     if message is None:
@@ -113,15 +123,42 @@ def test_the_per_profile_and_lenient_paths_agree(message: dict) -> None:
 
 
 def test_one_bad_profile_among_many_is_the_only_one_read_as_python_objects() -> None:
+    """Its cost is taken while it is read, then given back; the envelope's values, kept
+    until the answer, are paid for as they are read."""
     good = [{"mpid": str(i), "audiences": [{"audience_id": 1, "action": "add"}]} for i in range(9)]
     bad = {"mpid": "1e3", "audiences": [{"audience_id": 1, "action": "add"}]}
     body = orjson.dumps({"type": firehose.MEMBERSHIP, "account": {}, "user_profiles": [*good, bad]})
-    read_leniently: list[bytes] = []
+    ledger = Ledger()
 
-    read = by_profile(body, read_leniently)
+    read = by_profile(body, ledger)
 
     assert read == lenient(body)
-    assert read_leniently == [orjson.dumps(bad)]
+    profile_cost = memory.lenient_parse_cost(orjson.dumps(bad))
+    envelope_costs = [
+        memory.lenient_parse_cost(orjson.dumps(firehose.MEMBERSHIP)),
+        memory.lenient_parse_cost(b"{}"),
+    ]
+    assert sorted(ledger.taken) == sorted([*envelope_costs, profile_cost])
+    assert ledger.given_back == [profile_cost]
+
+
+def test_a_split_body_pays_for_what_it_builds() -> None:
+    """Values of the envelope and profiles that are not objects are read as Python objects
+    too: a body of millions of them is refused by the budget, not built."""
+    flood = b",".join([b'"ab"'] * 100_000)
+    envelope = b'{"type":"%s","account":{},"firehose_version":[%s],"user_profiles":[1,%s]}' % (
+        firehose.MEMBERSHIP.encode(),
+        flood,
+        b",".join([b"1"] * 100_000),
+    )
+    ledger = Ledger()
+
+    firehose.read_message(envelope, ledger)
+
+    # The split (a slot a list item) and the envelope's list, as the lenient path counts it.
+    assert sum(ledger.taken) - sum(ledger.given_back) >= memory.split_cost(envelope) + (
+        memory.lenient_parse_cost(b"[" + flood + b"]")
+    )
 
 
 # Strings Python's int() reads, or that look like digits, which no MPID may be.

@@ -20,7 +20,7 @@ from services.gateway import firehose, metrics
 from services.gateway.body import BodyTooLarge, check_media_type, read_body
 from services.gateway.errors import ApiError
 from services.gateway.http_protocol import BODY_LOST
-from services.gateway.memory import MemoryBudget, Reservation, lenient_parse_cost, parse_cost
+from services.gateway.memory import MemoryBudget, Reservation, parse_cost
 from services.gateway.registration import FIREHOSE_VERSION, registration_body
 from services.gateway.settings import GatewaySettings
 from services.gateway.upstreams import Upstreams
@@ -121,16 +121,10 @@ class MparticleEndpoint:
                 raise _unauthorized() from None
             raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes") from None
 
-        # What parsing makes of the body, held until the answer; more should it, or one of
-        # its profiles, need the lenient rules.
-        typed_cost = parse_cost(body)
-        memory.take(typed_cost)
-
-        def before_lenient(part: bytes) -> None:
-            # The whole body is read instead of by the typed decoder; a profile beside it.
-            memory.take(lenient_parse_cost(part) - (typed_cost if part is body else 0))
-
-        message = await self._read(body, before_lenient)
+        # What the typed decoder makes of the body, held until the answer; reading it
+        # another way takes more (firehose.read_message).
+        memory.take(parse_cost(body))
+        message = await self._read(body, memory)
 
         envelope = message.envelope
         request.state.message_type = envelope.type
@@ -150,11 +144,11 @@ class MparticleEndpoint:
         assert message.membership is not None and message.batch is not None
         return await self._membership(request, envelope, message.membership, message.batch)
 
-    async def _read(self, body: bytes, before_lenient: firehose.BeforeLenient) -> firehose.Message:
+    async def _read(self, body: bytes, memory: Reservation) -> firehose.Message:
         if len(body) <= LARGE_BODY_BYTES:
-            return firehose.read_message(body, before_lenient)
+            return firehose.read_message(body, memory)
         async with self._large_bodies:
-            return await asyncio.to_thread(firehose.read_message, body, before_lenient)
+            return await asyncio.to_thread(firehose.read_message, body, memory)
 
     async def _subscription(
         self, request: Request, envelope: firehose.Envelope, message: firehose.SubscriptionRequest

@@ -13,9 +13,9 @@ Firehose version). Display text is cut to a bounded length rather than refused.
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NotRequired, TypeVar
+from typing import Annotated, Any, Literal, NotRequired, Protocol, TypeVar
 
 import msgspec
 import orjson
@@ -24,6 +24,7 @@ from typing_extensions import TypedDict
 
 from services.common.validation import AUDIENCE_ID_MAX, MPID_MAX, MPID_MIN
 from services.gateway.errors import ApiError
+from services.gateway.memory import lenient_parse_cost, parse_cost, split_cost
 
 REGISTRATION = "module_registration_request"
 SUBSCRIPTION = "audience_subscription_request"
@@ -213,25 +214,45 @@ class Message:
     batch: MembershipBatch | None = None
 
 
-# Called with the JSON text that the lenient rules are about to read as Python objects: the
-# whole body, or one profile of it.
-BeforeLenient = Callable[[bytes], object]
+class Memory(Protocol):
+    """The share of the gateway's memory budget a request holds (memory.Reservation)."""
+
+    def take(self, size: int) -> None: ...
+
+    def give_back(self, size: int) -> None: ...
 
 
-def read_message(body: bytes, before_lenient: BeforeLenient = lambda part: None) -> Message:
+class _Unbounded:
+    def take(self, size: int) -> None:
+        pass
+
+    def give_back(self, size: int) -> None:
+        pass
+
+
+# For callers that keep no budget (tests, tools).
+UNBOUNDED: Memory = _Unbounded()
+
+
+def read_message(body: bytes, memory: Memory = UNBOUNDED) -> Message:
     """Parse and check a request body; raises ApiError (4xx) when it cannot be read.
 
-    ``before_lenient`` is called before the lenient rules read the body, or one of its
-    profiles, as Python objects (the gateway's memory budget takes what that costs).
+    ``memory`` already holds what the typed decoder takes (``memory.parse_cost``); any other
+    way of reading the body takes what it costs from it first (ApiError 413 or 429 when the
+    budget cannot give it).
     """
     fast = _read_membership_fast(body)
     if fast is not None:
         return fast
-    by_profile = _read_membership_by_profile(body, before_lenient)
+
+    splitting = split_cost(body)
+    memory.take(splitting)
+    by_profile = _read_membership_by_profile(body, memory)
     if by_profile is not None:
         return by_profile
+    memory.give_back(splitting)
 
-    before_lenient(body)
+    memory.take(lenient_parse_cost(body) - parse_cost(body))
     document = parse_json(body)
     envelope = read_envelope(document)
 
@@ -376,37 +397,47 @@ class _SplitMembership(msgspec.Struct):
 
 _SPLIT_DECODER = msgspec.json.Decoder(_SplitMembership)
 _PROFILE_DECODER = msgspec.json.Decoder(_FastProfile)
-_ENVELOPE_FIELDS = ("type", "id", "timestamp_ms", "firehose_version", "account")
+# Read once the type says it is a membership change.
+_ENVELOPE_FIELDS = ("id", "timestamp_ms", "firehose_version", "account")
 
 
-def _read_membership_by_profile(body: bytes, before_lenient: BeforeLenient) -> Message | None:
+def _read_membership_by_profile(body: bytes, memory: Memory) -> Message | None:
     try:
         # The whole body must be UTF-8, the parts that nobody reads included.
         text = body.decode("utf-8").removeprefix("\ufeff")
         split = _SPLIT_DECODER.decode(text)
     except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    document = {
-        name: _parse_value(raw)
-        for name in _ENVELOPE_FIELDS
-        if not isinstance(raw := getattr(split, name), msgspec.UnsetType)
-    }
-    if document.get("type") != MEMBERSHIP:
+    if isinstance(split.type, msgspec.UnsetType):
+        return None
+    document = {"type": _read_value(split.type, memory)}
+    if document["type"] != MEMBERSHIP:
         return None
 
+    for name in _ENVELOPE_FIELDS:
+        if not isinstance(raw := getattr(split, name), msgspec.UnsetType):
+            document[name] = _read_value(raw, memory)
     envelope = read_envelope(document)
     request = _validate(MembershipRequest, document)
     batch = MembershipBatch()
-    _collect_profiles(split.user_profiles or [], batch, before_lenient)
+    _collect_profiles(split.user_profiles or [], batch, memory)
     return Message(envelope, membership=request, batch=batch)
 
 
-def _parse_value(raw: msgspec.Raw | bytes) -> Any:
-    """One JSON value the body holds, read as the lenient path reads the whole body."""
+def _read_value(raw: msgspec.Raw, memory: Memory) -> Any:
+    """One JSON value of the body as the lenient path reads it, its cost taken from
+    ``memory`` for as long as the request is served."""
+    text = bytes(raw)
+    memory.take(lenient_parse_cost(text))
+    return _parse_value(text)
+
+
+def _parse_value(text: bytes) -> Any:
+    """One JSON value, read as the lenient path reads the whole body."""
     try:
-        return orjson.loads(memoryview(raw))
+        return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return _parse_json_slowly(bytes(raw))
+        return _parse_json_slowly(text)
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -486,40 +517,34 @@ def read_membership(document: dict[str, Any]) -> tuple[MembershipRequest, Member
 
 
 def _collect_profiles(
-    profiles: Sequence[Any],
-    batch: MembershipBatch,
-    before_lenient: BeforeLenient = lambda part: None,
+    profiles: Sequence[Any], batch: MembershipBatch, memory: Memory = UNBOUNDED
 ) -> None:
     """Adds each profile's changes to ``batch``, or skips and counts it. A profile is a
-    Python value, or a slice of the body (msgspec.Raw) that the fast decoder tries first
-    (``before_lenient`` is called before such a slice is read by the lenient rules).
+    Python value, or a slice of the body (msgspec.Raw) that the fast decoder tries first;
+    one it refuses is read by the lenient rules, its cost taken from ``memory`` while it is.
 
     Profiles from before Firehose 2.0 carried added_audiences and removed_audiences. They
     are skipped too; a message made only of them is refused, never silently ignored.
     """
     legacy = 0
     for index, profile in enumerate(profiles):
-        if isinstance(profile, msgspec.Raw):
-            try:
-                _collect_fast((_PROFILE_DECODER.decode(profile),), batch)
-                continue
-            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, _NotFast):
-                text = bytes(profile)
-                before_lenient(text)
-                profile = _parse_value(text)
-
-        if _is_legacy(profile):
-            legacy += 1
-            batch.skipped_profiles += 1
-            batch.first_problem = batch.first_problem or f"$.user_profiles[{index}]"
+        if not isinstance(profile, msgspec.Raw):
+            legacy += _collect_one(index, profile, batch)
             continue
         try:
-            valid = _PROFILE.validate_python(profile)
-        except ValidationError as exc:
-            batch.skipped_profiles += 1
-            batch.first_problem = batch.first_problem or _path(exc, f"$.user_profiles[{index}]")
+            _collect_fast((_PROFILE_DECODER.decode(profile),), batch)
             continue
-        _collect(index, valid, batch)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, _NotFast):
+            text = bytes(profile)
+
+        # Its objects are freed once it is read; what it adds to the batch is the typed
+        # decoder's share.
+        cost = lenient_parse_cost(text)
+        memory.take(cost)
+        try:
+            legacy += _collect_one(index, _parse_value(text), batch)
+        finally:
+            memory.give_back(cost)
 
     if legacy and legacy == len(profiles):
         raise ApiError(
@@ -529,6 +554,24 @@ def _collect_profiles(
             "send audiences[] with an action",
             "$.user_profiles[0]",
         )
+
+
+def _collect_one(index: int, profile: Any, batch: MembershipBatch) -> int:
+    """Adds one profile, read as a Python value, to ``batch``, or skips and counts it;
+    returns 1 when it is in the legacy shape, else 0."""
+    if _is_legacy(profile):
+        batch.skipped_profiles += 1
+        batch.first_problem = batch.first_problem or f"$.user_profiles[{index}]"
+        return 1
+
+    try:
+        valid = _PROFILE.validate_python(profile)
+    except ValidationError as exc:
+        batch.skipped_profiles += 1
+        batch.first_problem = batch.first_problem or _path(exc, f"$.user_profiles[{index}]")
+        return 0
+    _collect(index, valid, batch)
+    return 0
 
 
 def _is_legacy(profile: Any) -> bool:

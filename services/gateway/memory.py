@@ -4,8 +4,8 @@ Each body is bounded alone (``GATEWAY_MAX_BODY_BYTES``), but up to ``GATEWAY_MAX
 requests are served at once, and parsing makes objects of a body that take several times its
 size (about 28 times for a body of "{}"). So each request reserves what its body costs, its
 bytes as they arrive, then an estimate of what the typed decoder makes of them and, should
-the body or some of its profiles need the lenient rules (firehose.py), of what those make
-of them, from one budget
+the body need another way of reading (firehose.py), of what that makes of them, from one
+budget
 (``GATEWAY_MEMORY_BUDGET_BYTES``). A request that finds the budget spent is answered 429,
 which mParticle retries once others are done; one that could not fit even alone, 413.
 """
@@ -30,6 +30,16 @@ def parse_cost(body: bytes) -> int:
     """An upper estimate of the memory the typed decoder and the batch it reads take."""
     containers = body.count(b"{") + body.count(b"[")
     return BYTES_PER_BODY_BYTE * len(body) + BYTES_PER_CONTAINER * containers
+
+
+# Splitting a body into its profiles without reading them (firehose.py): a msgspec.Raw and
+# its list slot for each, and any item of a list can be a profile.
+SPLIT_BYTES_PER_ITEM = 64
+
+
+def split_cost(body: bytes) -> int:
+    """An upper estimate of the memory that splitting ``body`` into its profiles takes."""
+    return SPLIT_BYTES_PER_ITEM * (body.count(b",") + 1)
 
 
 def lenient_parse_cost(body: bytes) -> int:
@@ -80,6 +90,12 @@ class Reservation:
                 raise ApiError(429, "overloaded", "too many large bodies in flight, retry later")
             budget.used += size
         self.held += size
+
+    def give_back(self, size: int) -> None:
+        """Return ``size`` bytes taken earlier, once what they stood for is freed."""
+        with self._budget.lock:
+            self._budget.used -= size
+        self.held -= size
 
     def release(self) -> None:
         with self._budget.lock:

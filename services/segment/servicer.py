@@ -117,8 +117,8 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
         )
 
     async def _non_empty_audiences(self, account_id: str) -> list[audience_pb2.Audience]:
-        """The account's audiences with members, each once, page by page: every call has
-        the deadline of one."""
+        """The account's audiences with members, each once (as its last page showed it), page
+        by page: every call has the deadline of one."""
         found: dict[int, audience_pb2.Audience] = {}
         token = ""
         while True:
@@ -131,10 +131,10 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
                 ),
                 timeout=self._timeout,
             )
-            found.update((a.audience_id, a) for a in page.audiences if a.member_count > 0)
+            found.update((a.audience_id, a) for a in page.audiences)
             token = page.next_page_token
             if not token:
-                return list(found.values())
+                return [a for a in found.values() if a.member_count > 0]
 
 
 def _to_proto(record: ConnectorRecord) -> segment_pb2.Connector:
