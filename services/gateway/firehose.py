@@ -397,6 +397,7 @@ class _SplitMembership(msgspec.Struct):
 
 _SPLIT_DECODER = msgspec.json.Decoder(_SplitMembership)
 _PROFILE_DECODER = msgspec.json.Decoder(_FastProfile)
+_OBJECT_START = ord("{")
 # Read once the type says it is a membership change.
 _ENVELOPE_FIELDS = ("id", "timestamp_ms", "firehose_version", "account")
 
@@ -530,6 +531,11 @@ def _collect_profiles(
     for index, profile in enumerate(profiles):
         if not isinstance(profile, msgspec.Raw):
             legacy += _collect_one(index, profile, batch)
+            continue
+        if memoryview(profile)[0] != _OBJECT_START:
+            # Not an object, so neither a profile nor a legacy one: skipped unread.
+            batch.skipped_profiles += 1
+            batch.first_problem = batch.first_problem or f"$.user_profiles[{index}]"
             continue
         try:
             _collect_fast((_PROFILE_DECODER.decode(profile),), batch)
