@@ -736,7 +736,9 @@ def read_response(connection: socket.socket) -> bytes:
     while b"\r\n\r\n" not in received:
         received += connection.recv(65536)
     head, _, body = received.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    declared = re.search(rb"(?i)content-length: *(\d+)", head)
+    assert declared is not None, head
+    length = int(declared.group(1))
     while len(body) < length:
         body += connection.recv(65536)
     return head + b"\r\n\r\n" + body
