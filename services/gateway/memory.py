@@ -5,9 +5,8 @@ requests are served at once, and parsing makes objects of a body that take sever
 size (about 28 times for a body of "{}"). So each request reserves what its body costs, its
 bytes as they arrive, then an estimate of what the typed decoder makes of them and, should
 the body need another way of reading (firehose.py), of what that makes of them, from one
-budget
-(``GATEWAY_MEMORY_BUDGET_BYTES``). A request that finds the budget spent is answered 429,
-which mParticle retries once others are done; one that could not fit even alone, 413.
+budget (``GATEWAY_MEMORY_BUDGET_BYTES``). A request that finds the budget spent is answered
+429, which mParticle retries once others are done; one that could not fit even alone, 413.
 """
 
 import threading
