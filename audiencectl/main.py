@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from protos.keys.v1 import keys_pb2, keys_pb2_grpc
 from protos.segment.v1 import segment_pb2, segment_pb2_grpc
-from services.common.validation import AUDIENCE_ID_MAX, MPID_MAX, MPID_MIN
+from services.common.validation import AUDIENCE_ID_MAX, MPID_MAX, MPID_MIN, PAGE_SIZE_MAX
 
 
 class Context:
@@ -361,7 +361,7 @@ def audiences_list(ctx: Context, account: str) -> None:
             "audience",
             "ListAudiences",
             audience_pb2.ListAudiencesRequest(
-                account_id=account, page_size=10_000, page_token=token
+                account_id=account, page_size=PAGE_SIZE_MAX, page_token=token
             ),
         )
         found.update((a.audience_id, a) for a in page.audiences)
@@ -392,7 +392,10 @@ def audiences_members(ctx: Context, account: str, audience_id: int) -> None:
             "audience",
             "ListMembers",
             audience_pb2.ListMembersRequest(
-                account_id=account, audience_id=audience_id, page_size=10_000, page_token=token
+                account_id=account,
+                audience_id=audience_id,
+                page_size=PAGE_SIZE_MAX,
+                page_token=token,
             ),
         )
         for mpid in reply.mpids:

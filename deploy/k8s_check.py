@@ -144,17 +144,15 @@ def reference_problems(objects: Objects) -> Iterator[str]:
     pod would not start."""
     for container in _containers(objects):
         for variable in container.spec.get("env", []):
-            reference = variable.get("valueFrom", {})
-            for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
-                if key not in reference or reference[key].get("optional"):
-                    continue
-                name, wanted = reference[key]["name"], reference[key]["key"]
-                source = _find(objects, kind, name) or {}
-                if wanted not in {**source.get("data", {}), **source.get("stringData", {})}:
-                    yield (
-                        f"{container.where}: {variable['name']} comes from {kind}/{name} key "
-                        f"{wanted}, which the manifests do not hold"
-                    )
+            referenced = _key_reference(variable, objects)
+            if referenced is None:
+                continue
+            kind, reference, values = referenced
+            if reference["key"] not in values and not reference.get("optional"):
+                yield (
+                    f"{container.where}: {variable['name']} comes from {kind}/"
+                    f"{reference['name']} key {reference['key']}, which the manifests do not hold"
+                )
 
 
 def port_problems(objects: Objects) -> Iterator[str]:
@@ -374,13 +372,24 @@ def _environment(container: Container, objects: Objects) -> dict[str, str]:
 def _env_value(variable: dict[str, Any], objects: Objects) -> str:
     if "value" in variable:
         return str(variable["value"])
+    referenced = _key_reference(variable, objects)
+    if referenced is None:
+        return ""
+    _, reference, values = referenced
+    return str(values.get(reference["key"], ""))
+
+
+def _key_reference(
+    variable: dict[str, Any], objects: Objects
+) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """For a variable taken from a ConfigMap or Secret key: the kind, the reference, and
+    the values the manifests give that object (empty when there is no such object)."""
     reference = variable.get("valueFrom", {})
     for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
         if key in reference:
             source = _find(objects, kind, reference[key]["name"]) or {}
-            values = {**source.get("data", {}), **source.get("stringData", {})}
-            return str(values.get(reference[key]["key"], ""))
-    return ""
+            return kind, reference[key], {**source.get("data", {}), **source.get("stringData", {})}
+    return None
 
 
 def _setting_names(settings_class: type[BaseModel]) -> set[str]:

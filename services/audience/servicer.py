@@ -15,11 +15,11 @@ from services.common.validation import (
     AUDIENCES_PER_CALL_MAX,
     require_audience_id,
     require_id,
+    require_page_size,
 )
 
 MAX_NAME_LENGTH = 1024
 DEFAULT_PAGE_SIZE = 1000
-MAX_PAGE_SIZE = 10_000
 
 _Action = audience_pb2.SubscriptionAction
 
@@ -156,7 +156,7 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
     ) -> audience_pb2.ListMembersResponse:
         await require_id(context, "account_id", request.account_id)
         await require_audience_id(context, request.audience_id)
-        await _require_page_size(context, request.page_size)
+        await require_page_size(context, request.page_size)
 
         try:
             page = await self._store.members_page(
@@ -179,7 +179,7 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
     ) -> audience_pb2.ListAudiencesResponse:
         await require_id(context, "account_id", request.account_id)
 
-        await _require_page_size(context, request.page_size)
+        await require_page_size(context, request.page_size)
 
         try:
             page = await self._store.audiences_page(
@@ -192,13 +192,6 @@ class AudienceServicer(audience_pb2_grpc.AudienceServiceServicer):
         return audience_pb2.ListAudiencesResponse(
             audiences=[_to_proto(r, with_settings=settings) for r in page.audiences],
             next_page_token=page.next_page_token,
-        )
-
-
-async def _require_page_size(context: grpc.aio.ServicerContext, page_size: int) -> None:
-    if not 0 <= page_size <= MAX_PAGE_SIZE:
-        await abort(
-            context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 0 to {MAX_PAGE_SIZE}"
         )
 
 

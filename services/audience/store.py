@@ -433,10 +433,7 @@ _SCAN_TOKEN_PREFIX = "audiences:"
 
 def _encode_scan_token(cursor: int) -> str:
     """The token of the page after the one HSCAN's ``cursor`` ended; none at the end."""
-    if not cursor:
-        return ""
-    raw = f"{_SCAN_TOKEN_PREFIX}{cursor}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return _opaque(f"{_SCAN_TOKEN_PREFIX}{cursor}") if cursor else ""
 
 
 def _decode_scan_token(token: str) -> int:
@@ -444,9 +441,9 @@ def _decode_scan_token(token: str) -> int:
     if not token:
         return 0
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        raw = _unopaque(token)
         cursor = int(raw.removeprefix(_SCAN_TOKEN_PREFIX))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except ValueError:
         raise BadPageToken("malformed page_token") from None
     if not raw.startswith(_SCAN_TOKEN_PREFIX) or not 0 < cursor < 2**64:
         raise BadPageToken("page_token belongs to another listing")
@@ -454,8 +451,7 @@ def _decode_scan_token(token: str) -> int:
 
 
 def _encode_token(iid: str, bucket: int, after: int | None) -> str:
-    raw = f"{iid}:{bucket}:{'' if after is None else after}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return _opaque(f"{iid}:{bucket}:{'' if after is None else after}")
 
 
 def _decode_token(token: str, iid: str) -> tuple[int, int | None]:
@@ -463,11 +459,23 @@ def _decode_token(token: str, iid: str) -> tuple[int, int | None]:
     if not token:
         return 0, None
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        token_iid, bucket, after = raw.split(":")
+        token_iid, bucket, after = _unopaque(token).split(":")
         position = int(bucket), (int(after) if after else None)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except ValueError:
         raise BadPageToken("malformed page_token") from None
     if token_iid != iid or not 0 <= position[0] < BUCKETS:
         raise BadPageToken("page_token belongs to another listing")
     return position
+
+
+def _opaque(raw: str) -> str:
+    """A page token's text as callers see it: URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _unopaque(token: str) -> str:
+    """The text of a page token; ValueError when it is not one of ours."""
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError("not a page token") from exc

@@ -17,6 +17,9 @@ AUDIENCE_ID_MAX = 2**31 - 1
 AUDIENCES_PER_CALL_MAX = 10_000
 MPID_MIN = -(2**63)
 MPID_MAX = 2**63 - 1
+# Items one page of a listing holds at most (ListMembers, ListAudiences); 0 asks for the
+# default.
+PAGE_SIZE_MAX = 10_000
 
 
 def is_valid_id(value: str) -> bool:
@@ -30,6 +33,13 @@ async def require_id(context: grpc.aio.ServicerContext, field: str, value: str) 
             context,
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{field} must be 1 to {ID_MAX_LENGTH} characters of [A-Za-z0-9._-]",
+        )
+
+
+async def require_page_size(context: grpc.aio.ServicerContext, value: int) -> None:
+    if not 0 <= value <= PAGE_SIZE_MAX:
+        await abort(
+            context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 0 to {PAGE_SIZE_MAX}"
         )
 
 

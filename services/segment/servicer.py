@@ -6,7 +6,7 @@ import grpc
 from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from protos.segment.v1 import segment_pb2, segment_pb2_grpc
 from services.common.rpc import abort
-from services.common.validation import require_id
+from services.common.validation import PAGE_SIZE_MAX, require_id
 from services.segment.store import ConnectorRecord, ConnectorStore, NameTaken
 
 _LOGGER = logging.getLogger(__name__)
@@ -15,9 +15,6 @@ _LOGGER = logging.getLogger(__name__)
 _PASSING_FAULTS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 MAX_NAME_LENGTH = 200
-# Audiences asked of the audience service a call: its pages' upper bound, so that the
-# segment list of an account of many audiences takes few calls, each short.
-AUDIENCES_PAGE_SIZE = 10_000
 
 
 class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
@@ -126,7 +123,8 @@ class SegmentServicer(segment_pb2_grpc.SegmentServiceServicer):
                 audience_pb2.ListAudiencesRequest(
                     account_id=account_id,
                     without_settings=True,
-                    page_size=AUDIENCES_PAGE_SIZE,
+                    # The largest pages: few calls, each still short.
+                    page_size=PAGE_SIZE_MAX,
                     page_token=token,
                 ),
                 timeout=self._timeout,
