@@ -23,7 +23,7 @@ from protos.audience.v1 import audience_pb2, audience_pb2_grpc
 from protos.keys.v1 import keys_pb2, keys_pb2_grpc
 from protos.segment.v1 import segment_pb2, segment_pb2_grpc
 from services.common.grpc_server import STOP_MARGIN_SECONDS
-from tests.conftest import fixture_json
+from tests.conftest import REPO, fixture_json
 from tests.processes import ProcessSuite
 
 GRACE_SECONDS = 5.0
@@ -79,6 +79,31 @@ def test_a_request_id_reaches_every_service_and_no_secret_is_logged(suite: Proce
     assert api_key[len("ak_") + 12 + 1 :] not in everything
     for mpid in ("4107729618823040185", "6529143021980561334", "733018846211"):
         assert mpid not in everything
+
+
+def test_a_summary_line_reads_like_every_other_line() -> None:
+    """Once configured, the summary lines of requests take a faster path than ``logging``
+    records: the same fields, in the same order and form, and the same level filter."""
+    script = """
+import logging
+from services.common import logs
+logs.configure("probe", "INFO")
+logs.request_id.set("trace-7")
+logging.getLogger("probe.here").info("done", extra={"status": 200})
+logs.request_line("probe.here", logging.INFO, "done", status=200)
+logs.request_line("probe.here", logging.DEBUG, "hidden", status=200)
+logs.request_line("probe.here", logging.ERROR, "failed", status=500)
+"""
+    output = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+
+    record, line, failed = [json.loads(text) for text in output.splitlines()]
+    assert list(line) == list(record)
+    assert {**line, "time": ""} == {**record, "time": ""}
+    assert line["request_id"] == "trace-7"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", line["time"])
+    assert (failed["level"], failed["message"], failed["status"]) == ("ERROR", "failed", 500)
 
 
 def test_log_level_is_set_by_configuration(tmp_path: Path) -> None:

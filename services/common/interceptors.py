@@ -8,7 +8,6 @@ else becomes INTERNAL with a generic message, its traceback going to the log onl
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -76,7 +75,7 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
             return value
-    return uuid.uuid4().hex
+    return logs.new_request_id()
 
 
 def _wrap(method: str, behavior: Behavior) -> Behavior:
@@ -131,18 +130,15 @@ def _shown_account(account_id: str) -> str:
 
 
 def _log_rpc(method: str, code: grpc.StatusCode, elapsed: float) -> None:
-    level = logging.ERROR if code in _SERVER_FAULTS else logging.INFO
-    if _LOGGER.isEnabledFor(level):
-        _LOGGER.log(
-            level,
-            "rpc",
-            extra={
-                "method": method,
-                "code": code.name,
-                "duration_ms": round(elapsed * 1000, 3),
-                "account": logs.account.get(),
-            },
-        )
+    logs.request_line(
+        __name__,
+        logging.ERROR if code in _SERVER_FAULTS else logging.INFO,
+        "rpc",
+        method=method,
+        code=code.name,
+        duration_ms=round(elapsed * 1000, 3),
+        account=logs.account.get(),
+    )
 
 
 _SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})

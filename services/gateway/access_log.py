@@ -2,15 +2,12 @@
 
 import logging
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import logs
 from services.common.interceptors import REQUEST_ID_HEADER
 from services.gateway import firehose, metrics
-
-_LOGGER = logging.getLogger(__name__)
 
 
 class AccessLog:
@@ -24,7 +21,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
 
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope) or logs.new_request_id()
         token = logs.request_id.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -47,16 +44,16 @@ class AccessLog:
             message_type = _known_type(state.get("message_type", ""))
             metrics.REQUESTS.labels(route, message_type, str(status)).inc()
             metrics.REQUEST_SECONDS.labels(route, message_type).observe(elapsed)
-            _LOGGER.info(
+            logs.request_line(
+                __name__,
+                logging.INFO,
                 "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "message_type": message_type,
-                    "account": state.get("account", ""),
-                },
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round(elapsed * 1000, 3),
+                message_type=message_type,
+                account=state.get("account", ""),
             )
             logs.request_id.reset(token)
 
