@@ -18,7 +18,7 @@ SERVICE_NAME = audience_pb2.DESCRIPTOR.services_by_name["AudienceService"].full_
 
 async def create_server(settings: AudienceSettings) -> GrpcServer:
     """Build the audience server on settings.host:settings.port (0 picks a free port)."""
-    # TODO(#4): one process serves every call, so lookups top out at one core (about 390 µs
+    # TODO(#4): one process serves every call, so lookups top out at one core (about 375 µs
     # of CPU a lookup, most of it grpc.aio's own; docs/performance.md). Serving the port from
     # several processes would lift that where the callers run on other machines.
     password = settings.redis_password.get_secret_value()
