@@ -106,6 +106,22 @@ logs.request_line("probe.here", logging.ERROR, "failed", status=500)
     assert (failed["level"], failed["message"], failed["status"]) == ("ERROR", "failed", 500)
 
 
+def test_a_summary_line_that_cannot_be_written_does_not_fail_the_request() -> None:
+    script = """
+import logging, os
+from services.common import logs
+logs.configure("probe", "INFO")
+os.close(1)
+logs.request_line("probe.here", logging.INFO, "done", status=200)
+print("served", file=__import__("sys").stderr)
+"""
+    finished = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True
+    )
+
+    assert (finished.returncode, finished.stderr) == (0, "served\n")
+
+
 def test_log_level_is_set_by_configuration(tmp_path: Path) -> None:
     suite = ProcessSuite(tmp_path, LOG_LEVEL="WARNING").start()
     try:

@@ -10,6 +10,7 @@ write the same fields. Before that (tests serving in their own process), it is a
 ``logging`` record like any other.
 """
 
+import contextlib
 import contextvars
 import datetime
 import logging
@@ -28,7 +29,7 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 account: contextvars.ContextVar[str] = contextvars.ContextVar("account", default="")
 
 # Where request_line writes once configured.
-_direct: Any = None
+_direct: structlog.typing.FilteringBoundLogger | None = None
 
 
 def new_request_id() -> str:
@@ -40,7 +41,10 @@ def request_line(logger: str, level: int, message: str, **fields: Any) -> None:
     """Log the summary line of one request as a record of ``logger`` with ``fields``."""
     if _direct is None:
         logging.getLogger(logger).log(level, message, extra=fields)
-    else:
+        return
+
+    # Like a record that logging cannot write: the line is lost, the request is not.
+    with contextlib.suppress(OSError, ValueError):
         _direct.log(level, message, logger=logger, **fields)
 
 
