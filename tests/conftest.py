@@ -2,6 +2,7 @@
 HTTP, all started once per session. Each test gets an empty Redis."""
 
 import asyncio
+import io
 import json
 import os
 import threading
@@ -37,6 +38,9 @@ FIXTURES = Path(
 )
 FIXTURE_KEY = "test-key-0000-not-a-real-secret"
 MPARTICLE_TOKEN = "test-mparticle-token"
+# A gateway waits up to its grace (10 s) for connections still open, then the gRPC servers
+# stop one after the other.
+STOP_SECONDS = 30
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -118,16 +122,28 @@ class Stack:
         return gateway.servers[0].sockets[0].getsockname()[1]
 
     def stop(self) -> None:
-        self.run(self._stop())
+        stopping = asyncio.run_coroutine_threadsafe(self._stop(), self.loop)
+        try:
+            stopping.result(STOP_SECONDS)
+        except TimeoutError:
+            raise AssertionError(f"the stack did not stop:\n{self._tasks_text()}") from None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
     async def _stop(self) -> None:
-        for gateway, task in self._gateways:
+        # Together: each gateway may wait its grace for a connection a test left open.
+        for gateway, _ in self._gateways:
             gateway.should_exit = True
-            await task
+        await asyncio.gather(*(task for _, task in self._gateways))
         for server in reversed(self.servers.values()):
             await server.stop(1)
+
+    def _tasks_text(self) -> str:
+        """Where each task of the stack's loop waits, for a stop that did not end."""
+        text = io.StringIO()
+        for task in asyncio.all_tasks(self.loop):
+            task.print_stack(file=text)
+        return text.getvalue()
 
 
 @pytest.fixture(scope="session")
