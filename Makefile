@@ -52,7 +52,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 run: install
-	$(PY) -m services
+	@$(PY) -m services
 
 k8s-check: install
 	$(PY) -m deploy.k8s_check
