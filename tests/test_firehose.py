@@ -161,15 +161,6 @@ def test_a_split_body_pays_for_what_it_builds() -> None:
     )
 
 
-@given(st.binary(max_size=300))
-def test_the_typed_decoders_estimate_counts_every_container_that_opens(body: bytes) -> None:
-    containers = body.count(b"{") + body.count(b"[")
-
-    assert memory.parse_cost(body) == (
-        memory.BYTES_PER_BODY_BYTE * len(body) + memory.BYTES_PER_CONTAINER * containers
-    )
-
-
 # Strings Python's int() reads, or that look like digits, which no MPID may be.
 @pytest.mark.parametrize(
     "mpid", ["-", "--1", "1_0", "\u0661", "\u00b2", "0x1", "0" * 21, "-" + "0" * 21, "1 "]

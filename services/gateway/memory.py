@@ -25,14 +25,11 @@ LENIENT_BYTES_PER_CONTAINER = 400
 LENIENT_BYTES_PER_ITEM = 80
 
 
-# Every byte but those that open a container: deleting them leaves one byte a container, in
-# one pass over the body (counting "{" and "[" apart takes two, 1.7 times as long).
-_NOT_OPENING = bytes(sorted(set(range(256)) - set(b"{[")))
-
-
 def parse_cost(body: bytes) -> int:
     """An upper estimate of the memory the typed decoder and the batch it reads take."""
-    containers = len(body.translate(None, _NOT_OPENING))
+    # Two passes that allocate nothing: one pass through bytes.translate would take a
+    # third less time, but a copy of the body's size that the budget does not see.
+    containers = body.count(b"{") + body.count(b"[")
     return BYTES_PER_BODY_BYTE * len(body) + BYTES_PER_CONTAINER * containers
 
 
