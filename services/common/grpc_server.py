@@ -40,6 +40,9 @@ READINESS_TIMEOUT_SECONDS = 0.5
 # Past its grace period, a stop that is still waiting is stuck, not finishing calls.
 STOP_MARGIN_SECONDS = 5.0
 
+# How long a stop waits for a cancelled loop before cancelling it again (see _end).
+RECANCEL_SECONDS = 0.1
+
 ReadinessCheck = Callable[[], Awaitable[bool]]
 SettingsT = TypeVar("SettingsT", bound=BaseServiceSettings)
 
@@ -131,9 +134,7 @@ class GrpcServer:
         self._stopped.set()
 
         await self.health.enter_graceful_shutdown()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _end(self._tasks)
         await self.server.stop(grace_seconds)
 
         for release in self._on_stop:
@@ -175,6 +176,24 @@ class GrpcServer:
 
         for service in ["", *(b.full_name for b in self._bindings)]:
             await self.health.set(service, status)
+
+
+async def _end(tasks: Sequence["asyncio.Task[None]"]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again any that goes on.
+
+    On Python 3.11 a cancellation can be lost: ``asyncio.wait_for``, with which redis-py
+    sends each command, returns the command's result instead of raising when the command
+    completes as the cancellation arrives (CPython gh-86296, fixed in 3.12), and a loop
+    around such a command then carries on as if it had never been cancelled.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_SECONDS)
+
+    # Collects what each task ended with, so that none is reported as never retrieved.
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def serve_until_signalled(server: GrpcServer, grace_seconds: float) -> bool:
