@@ -142,11 +142,14 @@ class Stack:
         lines = []
         for task in asyncio.all_tasks(self.loop):
             lines.append(repr(task))
-            # Frames of compiled code (gRPC's) may have no line number: no source is read.
-            lines += [
-                f"  {f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
-                for f in task.get_stack()
-            ]
+            # Down the chain of awaited coroutines; compiled ones (gRPC's) show no frame.
+            awaited = task.get_coro()
+            while awaited is not None:
+                frame = getattr(awaited, "cr_frame", None)
+                if frame is not None:
+                    code = frame.f_code
+                    lines.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+                awaited = getattr(awaited, "cr_await", None)
         return "\n".join(lines)
 
 
