@@ -143,7 +143,7 @@ class Stack:
         for task in asyncio.all_tasks(self.loop):
             lines.append(repr(task))
             # Down the chain of awaited coroutines; compiled ones (gRPC's) show no frame.
-            awaited = task.get_coro()
+            awaited: Any = task.get_coro()
             while awaited is not None:
                 frame = getattr(awaited, "cr_frame", None)
                 if frame is not None:
