@@ -38,8 +38,8 @@ FIXTURES = Path(
 FIXTURE_KEY = "test-key-0000-not-a-real-secret"
 MPARTICLE_TOKEN = "test-mparticle-token"
 # A gateway waits up to its grace (10 s) for connections still open, then the gRPC servers
-# stop one after the other; on a loaded machine, each step takes several times as long.
-STOP_SECONDS = 60
+# stop one after the other.
+STOP_SECONDS = 30
 
 
 def pytest_configure(config: pytest.Config) -> None:
